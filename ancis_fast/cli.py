@@ -1,0 +1,135 @@
+"""`ancis-fast` command line: thin wrappers that parse, call the API and report."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+from pathlib import Path
+from typing import List, Optional, Sequence
+
+#: modules with a ``register(subparsers)`` function that adds their subcommands
+SUBCOMMAND_MODULES: List[str] = []
+
+
+def _size(text: str) -> tuple:
+    parts = text.lower().replace("x", ",").split(",")
+    if len(parts) == 1:
+        parts = parts * 2
+    try:
+        return tuple(int(p) for p in parts)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a size like 512 or 512x640, got {text!r}") from None
+
+
+def _kinds(text: str) -> List[str]:
+    from .io.writers import SAVE_KINDS
+
+    kinds = [k.strip() for k in text.split(",") if k.strip()]
+    unknown = sorted(set(kinds) - set(SAVE_KINDS))
+    if unknown or not kinds:
+        raise argparse.ArgumentTypeError(f"--save takes a comma list of {','.join(SAVE_KINDS)}; got {text!r}")
+    return kinds
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options shared by every command that builds a Predictor."""
+    parser.add_argument("--weights-det", help="detector checkpoint (default: bundled model)")
+    parser.add_argument("--weights-seg", help="segmenter checkpoint (default: bundled model)")
+    parser.add_argument("--backbone", default="resnet50", help="detector trunk (default: resnet50)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
+    parser.add_argument("--input-size", type=_size, default=(512, 512), help="network input HxW (default: 512)")
+    parser.add_argument("--conf-thresh", type=float, default=0.3, help="detection score threshold (default: 0.3)")
+    parser.add_argument("--nms-thresh", type=float, default=0.3, help="NMS IoU threshold (default: 0.3)")
+    parser.add_argument("--seg-thresh", type=float, default=0.5, help="mask probability threshold (default: 0.5)")
+    parser.add_argument("--normalize", default="auto", choices=["auto", "percentile", "minmax", "none"],
+                        help="conversion of non-8-bit images to 8-bit (default: auto = percentiles 1/99.8)")
+
+
+def build_predictor(args: argparse.Namespace):
+    from . import Predictor
+
+    return Predictor(args.weights_det, args.weights_seg, backbone=args.backbone, device=args.device,
+                     input_size=args.input_size, conf_thresh=args.conf_thresh, nms_thresh=args.nms_thresh,
+                     seg_thresh=args.seg_thresh, normalize=args.normalize)
+
+
+def output_stems(paths: Sequence[Path]) -> List[str]:
+    """Unique output names: the file stem, prefixed by its folders below the inputs'
+    common folder when two inputs share a stem (``a/x.png``, ``b/x.png`` -> ``a__x``, ``b__x``)."""
+    stems = [p.stem for p in paths]
+    if len(set(stems)) == len(stems):
+        return stems
+    root = Path(os.path.commonpath([str(p.resolve().parent) for p in paths]))
+    return ["__".join(p.resolve().relative_to(root).with_suffix("").parts) for p in paths]
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from .io.readers import IMAGE_SUFFIXES, find_images, read_image
+    from .io.writers import write_instances
+    from .models.weights import CheckpointError
+    from .pipeline.preprocess import to_bgr8
+
+    try:
+        paths = find_images(args.inputs, recursive=args.recursive)
+        predictor = build_predictor(args)
+    except (FileNotFoundError, CheckpointError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if not paths:
+        print(f"error: no images ({', '.join(IMAGE_SUFFIXES)}) found in {args.inputs}", file=sys.stderr)
+        return 2
+    failures, cells = [], 0
+    for path, stem in zip(tqdm(paths, desc="segmenting", unit="img", disable=args.quiet), output_stems(paths)):
+        try:
+            image = read_image(path)
+            instances = predictor.predict(image)
+            bgr8 = to_bgr8(image, predictor.config.normalization) if "overlay" in args.save else None
+            write_instances(instances, args.out, stem, args.save, bgr8, args.label_format)
+            cells += len(instances)
+        except (ValueError, OSError) as exc:
+            failures.append(path)
+            tqdm.write(f"failed: {path}: {exc}", file=sys.stderr)
+    done = len(paths) - len(failures)
+    print(f"{done}/{len(paths)} image(s) segmented, {cells} cell(s); outputs in {args.out}", file=sys.stderr)
+    if failures:
+        print(f"{len(failures)} input(s) failed: {', '.join(map(str, failures))}", file=sys.stderr)
+    return 1 if failures else 0
+
+
+
+def _register_predict(subparsers) -> None:
+    parser = subparsers.add_parser("predict", help="segment cells in images and write labels/JSON/CSV/overlays")
+    parser.add_argument("inputs", nargs="+", help="image files and/or folders")
+    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--save", type=_kinds, default=["labels", "json", "csv", "overlay"],
+                        help="comma list of labels,json,csv,overlay (default: all)")
+    parser.add_argument("--label-format", choices=["tif", "png"], default="tif",
+                        help="label image format: 16/32-bit TIFF (default) or 16-bit PNG")
+    parser.add_argument("--recursive", action="store_true", help="descend into sub-folders")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_model_arguments(parser)
+    parser.set_defaults(func=_predict)
+
+
+def make_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = argparse.ArgumentParser(prog="ancis-fast", description="ANCIS cell instance segmentation")
+    parser.add_argument("--version", action="version", version=f"ancis_fast {__version__}")
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    _register_predict(subparsers)
+    for name in SUBCOMMAND_MODULES:
+        importlib.import_module(name).register(subparsers)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = make_parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,105 @@
+"""Writing results: label images, JSON, CSV and overlays, each atomically."""
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+from typing import Dict, Iterable, Iterator, Union
+
+import cv2
+import numpy as np
+import tifffile
+
+from ..instances import Instances
+
+PathLike = Union[str, os.PathLike]
+SAVE_KINDS = ("labels", "json", "csv", "overlay")
+
+
+@contextlib.contextmanager
+def atomic_path(path: PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path`` (same suffix); rename it onto ``path`` only
+    when the block finishes without error, so a reader never sees a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
+    os.close(handle)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_text(path: PathLike, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def write_image(path: PathLike, image: np.ndarray) -> None:
+    """Write a PNG/TIFF/JPEG atomically (TIFF through tifffile, zlib-compressed)."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        if path.suffix.lower() in (".tif", ".tiff"):
+            tifffile.imwrite(tmp, image, compression="zlib")
+        elif not cv2.imwrite(str(tmp), image):
+            raise ValueError(f"OpenCV could not write {str(path)!r} (dtype {image.dtype}, shape {image.shape})")
+
+
+def write_label_image(path: PathLike, labels: np.ndarray) -> None:
+    """Label image to ``.tif`` (uint16/uint32) or ``.png`` (uint16 only)."""
+    if Path(path).suffix.lower() == ".png" and labels.dtype != np.uint16:
+        raise ValueError(f"PNG label images hold at most 65,535 cells; write {str(path)!r} as .tif instead")
+    write_image(path, labels)
+
+
+def overlay(bgr8: np.ndarray, labels: np.ndarray, alpha: float = 0.35, seed: int = 0) -> np.ndarray:
+    """8-bit BGR image with each label tinted in a random colour and outlined."""
+    palette = np.random.default_rng(seed).integers(64, 256, size=(int(labels.max()) + 1, 3)).astype(np.uint8)
+    palette[0] = 0
+    colours = palette[labels]
+    foreground = labels > 0
+    out = bgr8.copy()
+    out[foreground] = (bgr8[foreground] * (1 - alpha) + colours[foreground] * alpha).astype(np.uint8)
+    edges = np.zeros_like(foreground)
+    edges[:-1] |= labels[:-1] != labels[1:]
+    edges[:, :-1] |= labels[:, :-1] != labels[:, 1:]
+    edges &= foreground
+    out[edges] = colours[edges]
+    return out
+
+
+def output_paths(out_dir: PathLike, stem: str, kinds: Iterable[str], label_format: str = "tif") -> Dict[str, Path]:
+    """Where :func:`write_instances` puts each requested kind for an input named ``stem``."""
+    out_dir = Path(out_dir)
+    names = {"labels": f"{stem}_labels.{label_format}", "json": f"{stem}.json", "csv": f"{stem}.csv",
+             "overlay": f"{stem}_overlay.png"}
+    return {kind: out_dir / names[kind] for kind in kinds}
+
+
+def write_instances(instances: Instances, out_dir: PathLike, stem: str, kinds: Iterable[str] = SAVE_KINDS,
+                    bgr8: np.ndarray | None = None, label_format: str = "tif") -> Dict[str, Path]:
+    """Write the requested outputs of one image; returns ``{kind: path}``.
+
+    ``kinds`` is any of ``labels`` (``<stem>_labels.tif|png``), ``json`` (with RLE masks),
+    ``csv``, ``overlay`` (``<stem>_overlay.png``, needs ``bgr8``).
+    """
+    kinds = list(kinds)
+    unknown = set(kinds) - set(SAVE_KINDS)
+    if unknown:
+        raise ValueError(f"unknown output kind(s) {sorted(unknown)}; expected some of {SAVE_KINDS}")
+    paths = output_paths(out_dir, stem, kinds, label_format)
+    labels = instances.label_image() if {"labels", "overlay"} & set(kinds) else None
+    if "labels" in paths:
+        write_label_image(paths["labels"], labels)
+    if "json" in paths:
+        write_text(paths["json"], instances.to_json(include_masks=True))
+    if "csv" in paths:
+        write_text(paths["csv"], instances.to_csv())
+    if "overlay" in paths:
+        if bgr8 is None:
+            raise ValueError("an overlay needs the 8-bit BGR image (bgr8=...)")
+        write_image(paths["overlay"], overlay(bgr8, labels))
+    return paths

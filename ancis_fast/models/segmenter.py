@@ -1,0 +1,76 @@
+"""Attention U-Net that segments one detected box from its feature crops (spec §5)."""
+from __future__ import annotations
+
+from typing import List, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from .attention import AttentionGate, upsample_to
+
+#: channels of [c0 after layer_c0, c1, c2, c3, c4] for the release (ResNet-50/101/152) trunk
+RELEASE_CHANNELS = (64, 64, 256, 512, 1024)
+
+
+class Combination(nn.Module):
+    """``layer_up_concat[i]``: upsample the decoder state, convolve, concatenate with the
+    gated skip and mix with a 1x1 conv."""
+
+    def __init__(self, in_ch: int, out_ch: int, cat_ch: int):
+        super().__init__()
+        self.up = nn.Sequential(nn.Conv2d(in_ch, out_ch, 3, padding=1), nn.ReLU(inplace=True))
+        self.cat = nn.Sequential(nn.Conv2d(cat_ch, out_ch, 1), nn.ReLU(inplace=True))
+
+    def forward(self, a: Tensor, pre: Tensor) -> Tensor:
+        up = self.up(upsample_to(pre, a))
+        return self.cat(torch.cat([a, up], dim=1))
+
+
+class Segmenter(nn.Module):
+    """ANCIS mask head. Attribute names are the release's state-dict keys.
+
+    Use: ``c0 = segmenter.encode_c0(image)`` once per image (``[B,3,H,W]`` -> ``[B,64,H,W]``),
+    then ``segmenter(crops)`` per box, where ``crops`` are the box's crops of
+    ``[c0, c1, c2, c3, c4]`` (``L`` of them, 1 <= L <= 5, each ``[K,C_i,h_i,w_i]``);
+    the result is the mask probability ``[K,1,h_0,w_0]`` at the level-0 crop size.
+    """
+
+    def __init__(self, channels: Sequence[int] = RELEASE_CHANNELS):
+        super().__init__()
+        if len(channels) != 5:
+            raise ValueError(f"channels must list 5 levels (c0..c4), got {list(channels)}")
+        self.channels = tuple(int(c) for c in channels)
+        self.layer_c0 = nn.Sequential(
+            nn.Conv2d(3, 64, 3, padding=1), nn.ReLU(inplace=True),
+            nn.Conv2d(64, 64, 3, padding=1), nn.ReLU(inplace=True),
+        )
+        ch = self.channels
+        self.layer_att = nn.ModuleList([AttentionGate(ch[i + 1], ch[i]) for i in range(4)])
+        self.layer_up_concat = nn.ModuleList([Combination(ch[i + 1], ch[i], 2 * ch[i]) for i in range(4)])
+        self.layer_head = nn.Sequential(
+            nn.Conv2d(64, 64, 3, padding=1), nn.ReLU(inplace=True), nn.Conv2d(64, 1, 3, padding=1),
+        )
+
+    def encode_c0(self, image: Tensor) -> Tensor:
+        return self.layer_c0(image)
+
+    def decode_logits(self, crops: List[Tensor]) -> Tensor:
+        """Mask logits ``[K,1,h_0,w_0]`` from the level crops ``crops[0..L-1]``."""
+        if not 1 <= len(crops) <= 5:
+            raise ValueError(f"expected 1 to 5 level crops, got {len(crops)}")
+        pre = crops[-1]
+        for i in range(len(crops) - 2, -1, -1):
+            gated = self.layer_att[i](pre, crops[i])
+            pre = self.layer_up_concat[i](gated, pre)
+        return self.layer_head(pre)
+
+    def forward(self, crops: List[Tensor]) -> Tensor:
+        return torch.sigmoid(self.decode_logits(crops))
+
+
+def build_segmenter(backbone: str = "resnet50") -> Segmenter:
+    """ANCIS segmenter with random weights, sized for the detector ``backbone``'s features."""
+    from .resnet import trunk_channels
+
+    c2_ch, _, c4_ch = trunk_channels(backbone)
+    return Segmenter((64, 64, c2_ch, 512, c4_ch))

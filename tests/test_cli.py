@@ -1,0 +1,79 @@
+"""`ancis-fast predict` end to end with random weights."""
+import json
+import os
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+import tifffile
+import torch
+
+from ancis_fast.cli import main, output_stems
+from conftest import blob_image, random_models
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("weights")
+    detector, segmenter = random_models("resnet18")
+    torch.save(detector.state_dict(), folder / "det.pth")
+    torch.save(segmenter.state_dict(), folder / "seg.pth")
+    return ["--weights-det", str(folder / "det.pth"), "--weights-seg", str(folder / "seg.pth"),
+            "--backbone", "resnet18", "--input-size", "128", "--quiet"]
+
+
+def test_predict_writes_everything_and_reports_bad_files(tmp_path, weights, capsys):
+    images = tmp_path / "images"
+    images.mkdir()
+    cv2.imwrite(str(images / "one.png"), blob_image(seed=1))
+    tifffile.imwrite(images / "two.tif", blob_image(seed=2)[:, :, 0].astype(np.uint16) * 100)
+    (images / "broken.png").write_bytes(b"not an image")
+    out = tmp_path / "out"
+    code = main(["predict", str(images), "--out", str(out)] + weights)
+    assert code == 1  # one input failed, the others are done
+    err = capsys.readouterr().err
+    assert "broken.png" in err and "2/3 image(s) segmented" in err
+    for stem in ("one", "two"):
+        labels = tifffile.imread(out / f"{stem}_labels.tif")
+        assert labels.dtype == np.uint16 and labels.shape == (160, 200)
+        data = json.loads((out / f"{stem}.json").read_text())
+        csv_rows = (out / f"{stem}.csv").read_text().strip().splitlines()[1:]
+        assert data["num_instances"] == len(csv_rows) > 0
+        assert set(np.unique(labels)) <= set(range(data["num_instances"] + 1))
+        assert (out / f"{stem}_overlay.png").exists()
+    assert not [p for p in out.iterdir() if ".tmp" in p.name]
+    assert not (out / "broken_labels.tif").exists()
+
+
+def test_predict_selected_outputs_and_success_code(tmp_path, weights):
+    cv2.imwrite(str(tmp_path / "a.png"), blob_image(seed=3))
+    out = tmp_path / "out"
+    assert main(["predict", str(tmp_path / "a.png"), "--out", str(out), "--save", "csv,labels",
+                 "--label-format", "png"] + weights) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["a.csv", "a_labels.png"]
+
+
+def test_predict_errors_exit_2(tmp_path, weights, capsys):
+    assert main(["predict", str(tmp_path / "missing.png"), "--out", str(tmp_path)] + weights) == 2
+    assert "missing.png" in capsys.readouterr().err
+    cv2.imwrite(str(tmp_path / "a.png"), blob_image())
+    bad = ["--weights-det", weights[3], "--weights-seg", weights[3]] + weights[4:]  # segmenter file as detector
+    assert main(["predict", str(tmp_path / "a.png"), "--out", str(tmp_path / "o")] + bad) == 2
+    assert "segmenter checkpoint given as the detector" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["predict", str(tmp_path / "a.png"), "--out", str(tmp_path), "--save", "pdf"])
+
+
+def test_output_stems_disambiguate(tmp_path):
+    from pathlib import Path
+
+    assert output_stems([Path("x/a.png"), Path("x/b.png")]) == ["a", "b"]
+    assert output_stems([tmp_path / "p" / "a.png", tmp_path / "q" / "a.tif"]) == ["p__a", "q__a"]
+
+
+def test_console_script_runs():
+    result = subprocess.run([sys.executable, "-m", "ancis_fast.cli", "--version"], capture_output=True, text=True,
+                            env={**os.environ})
+    assert result.returncode == 0 and "ancis_fast" in result.stdout

@@ -1,0 +1,75 @@
+"""The result structure and its conversions."""
+import csv
+import io
+import json
+
+import numpy as np
+
+from ancis_fast import Instances
+from ancis_fast.instances import CSV_COLUMNS, mask_to_rle, rle_to_mask
+
+
+def _two_overlapping():
+    masks = np.zeros((2, 6, 8), bool)
+    masks[0, 1:4, 1:4] = True  # 9 px, centroid (2, 2)
+    masks[1, 2:6, 2:8] = True  # 24 px, overlaps the first at rows 2-3, cols 2-3
+    boxes = np.array([[1, 1, 4, 4], [2, 2, 6, 8]], np.float32)
+    return Instances(boxes, np.array([0.9, 0.7], np.float32), masks)
+
+
+def test_label_image_puts_the_higher_score_on_top():
+    inst = _two_overlapping()
+    labels = inst.label_image()
+    assert labels.dtype == np.uint16
+    assert labels[2, 2] == 1 and labels[5, 7] == 2 and labels[0, 0] == 0
+    for k in (1, 2):  # every labelled pixel belongs to its mask
+        assert inst.masks[k - 1][labels == k].all()
+    assert ((labels > 0) == inst.masks.any(0)).all()
+
+
+def test_label_image_switches_to_uint32_past_65535():
+    n = 65536
+    masks = np.ones((n, 1, 1), bool)
+    inst = Instances(np.zeros((n, 4), np.float32), np.linspace(1, 0.5, n, dtype=np.float32), masks)
+    labels = inst.label_image()
+    assert labels.dtype == np.uint32 and labels[0, 0] == 1
+
+
+def test_geometry_and_slicing():
+    inst = _two_overlapping()
+    assert len(inst) == 2 and inst.image_size == (6, 8)
+    assert inst.areas.tolist() == [9, 24]
+    np.testing.assert_allclose(inst.centroids[0], [2.0, 2.0])
+    np.testing.assert_array_equal(inst.xyxy[1], [2, 2, 8, 6])
+    first = inst[0]
+    assert len(first) == 1 and first.scores[0] == np.float32(0.9) and first.masks.shape == (1, 6, 8)
+    assert len(inst[inst.scores > 0.8]) == 1 and len(inst[:0]) == 0
+
+
+def test_json_and_csv_rows():
+    inst = _two_overlapping()
+    data = json.loads(inst.to_json(include_masks=True))
+    assert data["num_instances"] == 2 and data["image_size"] == [6, 8]
+    second = data["instances"][1]
+    assert second["id"] == 2 and second["area"] == 24 and second["y2"] == 6.0
+    np.testing.assert_array_equal(rle_to_mask(second["rle"]), inst.masks[1])
+    rows = list(csv.DictReader(io.StringIO(inst.to_csv())))
+    assert tuple(rows[0]) == CSV_COLUMNS
+    assert float(rows[0]["centroid_x"]) == 2.0 and int(rows[1]["area"]) == 24
+
+
+def test_rle_round_trip_and_coco_convention():
+    rng = np.random.default_rng(0)
+    mask = rng.random((7, 5)) > 0.5
+    mask[0, 0] = True
+    rle = mask_to_rle(mask)
+    assert rle["counts"][0] == 0  # COCO RLE starts with a run of zeros
+    assert sum(rle["counts"]) == 35
+    np.testing.assert_array_equal(rle_to_mask(rle), mask)
+
+
+def test_empty_instances():
+    inst = Instances.empty((5, 4))
+    assert len(inst) == 0 and inst.label_image().shape == (5, 4) and not inst.label_image().any()
+    assert inst.to_dict()["instances"] == [] and inst.to_csv().strip() == ",".join(CSV_COLUMNS)
+    assert inst.centroids.shape == (0, 2)

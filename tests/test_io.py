@@ -1,0 +1,78 @@
+"""Readers and atomic writers."""
+import json
+
+import cv2
+import numpy as np
+import pytest
+import tifffile
+
+from ancis_fast import Instances
+from ancis_fast.io import atomic_path, find_images, read_image, write_instances, write_label_image
+
+
+def test_read_png_tiff_and_colour_order(tmp_path):
+    bgr = np.zeros((4, 5, 3), np.uint8)
+    bgr[..., 0] = 200  # blue
+    cv2.imwrite(str(tmp_path / "a.png"), bgr)
+    tifffile.imwrite(tmp_path / "b.tif", bgr[..., ::-1].copy(), photometric="rgb")  # TIFF holds RGB
+    np.testing.assert_array_equal(read_image(tmp_path / "a.png"), bgr)
+    np.testing.assert_array_equal(read_image(tmp_path / "b.tif"), bgr)
+    gray16 = np.arange(20, dtype=np.uint16).reshape(4, 5) * 1000
+    tifffile.imwrite(tmp_path / "c.tiff", gray16)
+    got = read_image(tmp_path / "c.tiff")
+    assert got.dtype == np.uint16
+    np.testing.assert_array_equal(got, gray16)
+
+
+def test_truncated_files_raise_value_error(tmp_path):
+    tifffile.imwrite(tmp_path / "t.tif", np.ones((64, 64), np.uint16))
+    data = (tmp_path / "t.tif").read_bytes()
+    (tmp_path / "t.tif").write_bytes(data[:100])
+    with pytest.raises(ValueError, match="t.tif"):
+        read_image(tmp_path / "t.tif")
+    (tmp_path / "e.png").write_bytes(b"")
+    with pytest.raises(ValueError, match="e.png"):
+        read_image(tmp_path / "e.png")
+
+
+def test_find_images(tmp_path):
+    (tmp_path / "sub").mkdir()
+    for name in ["b.png", "a.tif", "notes.txt", "sub/c.png"]:
+        (tmp_path / name).write_bytes(b"x")
+    assert [p.name for p in find_images([tmp_path])] == ["a.tif", "b.png"]
+    assert [p.name for p in find_images([tmp_path], recursive=True)] == ["a.tif", "b.png", "c.png"]
+    assert len(find_images([tmp_path / "b.png", tmp_path])) == 2  # de-duplicated
+    with pytest.raises(FileNotFoundError, match="ghost"):
+        find_images([tmp_path / "ghost"])
+
+
+def test_atomic_path_leaves_nothing_on_error(tmp_path):
+    target = tmp_path / "out.json"
+    target.write_text("old")
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("interrupted")
+    assert target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["out.json"]
+
+
+def test_write_instances_all_kinds(tmp_path):
+    masks = np.zeros((2, 10, 12), bool)
+    masks[0, 1:4, 1:5] = True
+    masks[1, 5:9, 6:11] = True
+    inst = Instances(np.array([[1, 1, 4, 5], [5, 6, 9, 11]], np.float32), np.array([0.8, 0.6], np.float32), masks)
+    bgr = np.full((10, 12, 3), 30, np.uint8)
+    paths = write_instances(inst, tmp_path, "img", bgr8=bgr)
+    np.testing.assert_array_equal(tifffile.imread(paths["labels"]), inst.label_image())
+    assert json.loads(paths["json"].read_text())["num_instances"] == 2
+    assert paths["csv"].read_text().count("\n") == 3
+    over = cv2.imread(str(paths["overlay"]))
+    assert over.shape == (10, 12, 3) and (over[0, 0] == 30).all() and (over[2, 2] != 30).any()
+    png = write_instances(inst, tmp_path, "img", ["labels"], label_format="png")["labels"]
+    np.testing.assert_array_equal(cv2.imread(str(png), cv2.IMREAD_UNCHANGED), inst.label_image())
+
+
+def test_png_labels_refuse_uint32(tmp_path):
+    with pytest.raises(ValueError, match=r"\.tif"):
+        write_label_image(tmp_path / "l.png", np.zeros((2, 2), np.uint32))
