@@ -4,52 +4,53 @@ from __future__ import annotations
 import csv
 import io
 import json
-from dataclasses import dataclass, field
-from typing import Any, Dict, List, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
+
+from .masks import PatchMasks
 
 CSV_COLUMNS = ("id", "score", "y1", "x1", "y2", "x2", "area", "centroid_y", "centroid_x")
 
 Index = Union[int, slice, Sequence[int], np.ndarray]
 
 
-@dataclass
 class Instances:
     """Cell instances of one image, sorted by descending score.
 
     Attributes:
         boxes: float32 ``[N,4]`` ``(y1, x1, y2, x2)`` in original-image pixels (see ``xyxy``).
         scores: float32 ``[N]`` detection confidence.
-        masks: bool ``[N,H,W]`` at the original image size. A detection too small for any
-            feature level (spec §5) keeps its box and has an empty mask.
         labels: int64 ``[N]`` class ids (1 = cell).
         image_size: ``(H, W)`` of the original image.
+        mask_patches: the masks as tight patches (:class:`~ancis_fast.masks.PatchMasks`);
+            ``masks`` gives them as a dense bool ``[N,H,W]`` array (built once, on first use).
+            A detection too small for any feature level (spec §5) has an empty mask.
     """
 
-    boxes: np.ndarray
-    scores: np.ndarray
-    masks: np.ndarray
-    labels: np.ndarray = field(default=None)  # type: ignore[assignment]
-    image_size: Tuple[int, int] = field(default=None)  # type: ignore[assignment]
-
-    def __post_init__(self) -> None:
-        n = len(self.scores)
-        self.boxes = np.asarray(self.boxes, dtype=np.float32).reshape(n, 4)
-        self.scores = np.asarray(self.scores, dtype=np.float32)
-        self.masks = np.asarray(self.masks, dtype=bool)
-        if self.image_size is None:
-            self.image_size = tuple(self.masks.shape[1:])  # type: ignore[assignment]
-        self.image_size = (int(self.image_size[0]), int(self.image_size[1]))
-        self.masks = self.masks.reshape(n, *self.image_size)
-        self.labels = np.ones(n, np.int64) if self.labels is None else np.asarray(self.labels, np.int64)
-        if len(self.labels) != n:
-            raise ValueError(f"labels has {len(self.labels)} entries for {n} instances")
+    def __init__(self, boxes: np.ndarray, scores: np.ndarray, masks: Union[np.ndarray, PatchMasks],
+                 labels: Optional[np.ndarray] = None, image_size: Optional[Tuple[int, int]] = None):
+        n = len(scores)
+        self.boxes = np.asarray(boxes, dtype=np.float32).reshape(n, 4)
+        self.scores = np.asarray(scores, dtype=np.float32).reshape(n)
+        self.labels = np.ones(n, np.int64) if labels is None else np.asarray(labels, np.int64).reshape(-1)
+        if isinstance(masks, PatchMasks):
+            self.mask_patches = masks
+        else:
+            masks = np.asarray(masks, dtype=bool)
+            if image_size is not None:
+                masks = masks.reshape(n, *image_size)
+            self.mask_patches = PatchMasks.from_dense(masks)
+        self.image_size = self.mask_patches.image_size
+        if image_size is not None and tuple(image_size) != self.image_size:
+            raise ValueError(f"image_size {tuple(image_size)} differs from the masks' {self.image_size}")
+        if not len(self.labels) == len(self.mask_patches) == n:
+            raise ValueError(f"{n} scores but {len(self.labels)} labels and {len(self.mask_patches)} masks")
+        self._dense: Optional[np.ndarray] = None
 
     @classmethod
     def empty(cls, image_size: Tuple[int, int]) -> "Instances":
-        return cls(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros((0, *image_size), bool),
-                   image_size=image_size)
+        return cls(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), PatchMasks.empty(image_size))
 
     def __len__(self) -> int:
         return len(self.scores)
@@ -57,10 +58,19 @@ class Instances:
     def __getitem__(self, index: Index) -> "Instances":
         if isinstance(index, (int, np.integer)):
             index = [int(index)]
-        return Instances(self.boxes[index], self.scores[index], self.masks[index], self.labels[index], self.image_size)
+        positions = np.arange(len(self))[index]
+        return Instances(self.boxes[positions], self.scores[positions], self.mask_patches[positions],
+                         self.labels[positions])
 
     def __repr__(self) -> str:
         return f"Instances(num={len(self)}, image_size={self.image_size})"
+
+    @property
+    def masks(self) -> np.ndarray:
+        """Dense bool ``[N,H,W]`` masks (``N*H*W`` bytes; prefer ``mask_patches`` for many cells)."""
+        if self._dense is None:
+            self._dense = self.mask_patches.dense()
+        return self._dense
 
     @property
     def xyxy(self) -> np.ndarray:
@@ -70,18 +80,12 @@ class Instances:
     @property
     def areas(self) -> np.ndarray:
         """int64 ``[N]`` mask areas in pixels."""
-        return self.masks.sum(axis=(1, 2), dtype=np.int64)
+        return self.mask_patches.areas
 
     @property
     def centroids(self) -> np.ndarray:
         """float64 ``[N,2]`` mask centroids ``(y, x)``; NaN for empty masks."""
-        ys = np.arange(self.image_size[0], dtype=np.float64)
-        xs = np.arange(self.image_size[1], dtype=np.float64)
-        areas = self.areas.astype(np.float64)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            cy = self.masks.sum(axis=2) @ ys / areas
-            cx = self.masks.sum(axis=1) @ xs / areas
-        return np.stack([cy, cx], axis=1) if len(self) else np.zeros((0, 2))
+        return self.mask_patches.centroids
 
     def label_image(self) -> np.ndarray:
         """``[H,W]`` label image: 0 background, instance ``i`` (score order) -> ``i + 1``.
@@ -90,10 +94,8 @@ class Instances:
         are more than 65,535 instances.
         """
         dtype = np.uint16 if len(self) <= np.iinfo(np.uint16).max else np.uint32
-        labels = np.zeros(self.image_size, dtype)
-        for i in range(len(self) - 1, -1, -1):  # lowest score first, so the best ends on top
-            labels[self.masks[i]] = i + 1
-        return labels
+        order = np.arange(len(self))[::-1]  # lowest score first, so the best ends on top
+        return self.mask_patches[order].paint(np.zeros(self.image_size, dtype), order + 1)
 
     def rows(self) -> List[Dict[str, Any]]:
         """One dict per instance with the :data:`CSV_COLUMNS` fields."""

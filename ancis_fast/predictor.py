@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from .instances import Instances
+from .masks import PatchMasks, tight_patch
 from .io.readers import read_image
 from .models import build_detector, build_segmenter, default_weights, load_weights, make_priors
 from .models.weights import WeightsSource
@@ -129,10 +130,13 @@ class Predictor:
         boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
         features = [self.segmenter.encode_c0(features[0])] + list(features[1:])
         probs = reference.segment(self.segmenter, features, boxes)
-        masks = np.zeros((len(boxes), *original_size), dtype=bool)
-        for i, (prob, box) in enumerate(zip(probs, boxes)):
-            if prob is not None:
-                masks[i] = reference.paste_mask(prob.float().cpu().numpy(), box, cfg.input_size, original_size,
-                                                cfg.seg_thresh)
+        patches, origins = [], []
+        for prob, box in zip(probs, boxes):
+            dense = (np.zeros(original_size, bool) if prob is None else
+                     reference.paste_mask(prob.float().cpu().numpy(), box, cfg.input_size, original_size, cfg.seg_thresh))
+            patch, origin = tight_patch(dense)  # one dense mask at a time keeps memory bounded
+            patches.append(patch)
+            origins.append(origin)
+        masks = PatchMasks(patches, np.array(origins, np.int64).reshape(-1, 2), original_size)
         scale = torch.tensor([original_size[0] / cfg.input_size[0], original_size[1] / cfg.input_size[1]] * 2)
-        return Instances((boxes * scale).numpy(), scores.numpy(), masks, labels.numpy(), original_size)
+        return Instances((boxes * scale).numpy(), scores.numpy(), masks, labels.numpy())

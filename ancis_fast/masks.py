@@ -1,0 +1,93 @@
+"""Instance masks stored as tight patches, so that thousands of cells on a large image
+cost memory in proportion to the cells, not to ``N x H x W``."""
+from __future__ import annotations
+
+from typing import List, Sequence, Tuple, Union
+
+import numpy as np
+
+Index = Union[int, slice, Sequence[int], np.ndarray]
+
+
+class PatchMasks:
+    """``N`` boolean masks of an ``H x W`` image.
+
+    Mask ``i`` is ``patches[i]`` (bool ``[h_i, w_i]``) placed with its top-left corner at
+    ``origins[i] = (y, x)``; an empty mask has a ``0 x 0`` patch.
+    """
+
+    def __init__(self, patches: List[np.ndarray], origins: np.ndarray, image_size: Tuple[int, int]):
+        self.patches = [np.asarray(p, dtype=bool) for p in patches]
+        self.origins = np.asarray(origins, dtype=np.int64).reshape(len(self.patches), 2)
+        self.image_size = (int(image_size[0]), int(image_size[1]))
+        for (y, x), patch in zip(self.origins, self.patches):
+            if y < 0 or x < 0 or y + patch.shape[0] > self.image_size[0] or x + patch.shape[1] > self.image_size[1]:
+                raise ValueError(f"mask patch {patch.shape} at {(int(y), int(x))} leaves the {self.image_size} image")
+
+    @classmethod
+    def empty(cls, image_size: Tuple[int, int]) -> "PatchMasks":
+        return cls([], np.zeros((0, 2), np.int64), image_size)
+
+    @classmethod
+    def from_dense(cls, masks: np.ndarray) -> "PatchMasks":
+        """``[N,H,W]`` bool -> patches cropped to each mask's bounding box."""
+        masks = np.asarray(masks, dtype=bool)
+        patches, origins = [], []
+        for mask in masks:
+            patch, origin = tight_patch(mask)
+            patches.append(patch)
+            origins.append(origin)
+        return cls(patches, np.array(origins, np.int64).reshape(-1, 2), masks.shape[1:])
+
+    def __len__(self) -> int:
+        return len(self.patches)
+
+    def __getitem__(self, index: Index) -> "PatchMasks":
+        if isinstance(index, (int, np.integer)):
+            index = [int(index)]
+        positions = np.arange(len(self))[index]
+        return PatchMasks([self.patches[i] for i in positions], self.origins[positions], self.image_size)
+
+    def mask(self, i: int) -> np.ndarray:
+        """Dense bool ``[H,W]`` mask ``i``."""
+        out = np.zeros(self.image_size, bool)
+        (y, x), patch = self.origins[i], self.patches[i]
+        out[y : y + patch.shape[0], x : x + patch.shape[1]] = patch
+        return out
+
+    def dense(self) -> np.ndarray:
+        """Dense bool ``[N,H,W]`` (memory: ``N*H*W`` bytes)."""
+        out = np.zeros((len(self), *self.image_size), bool)
+        for i, ((y, x), patch) in enumerate(zip(self.origins, self.patches)):
+            out[i, y : y + patch.shape[0], x : x + patch.shape[1]] = patch
+        return out
+
+    @property
+    def areas(self) -> np.ndarray:
+        """int64 ``[N]`` pixel counts."""
+        return np.array([int(p.sum()) for p in self.patches], np.int64)
+
+    @property
+    def centroids(self) -> np.ndarray:
+        """float64 ``[N,2]`` centroids ``(y, x)``; NaN for empty masks."""
+        out = np.full((len(self), 2), np.nan)
+        for i, ((y, x), patch) in enumerate(zip(self.origins, self.patches)):
+            ys, xs = np.nonzero(patch)
+            if len(ys):
+                out[i] = (y + ys.mean(), x + xs.mean())
+        return out
+
+    def paint(self, canvas: np.ndarray, values: Sequence[int]) -> np.ndarray:
+        """Write ``values[i]`` into ``canvas`` where mask ``i`` is set, in order (later wins)."""
+        for value, (y, x), patch in zip(values, self.origins, self.patches):
+            region = canvas[y : y + patch.shape[0], x : x + patch.shape[1]]
+            region[patch] = value
+        return canvas
+
+
+def tight_patch(mask: np.ndarray) -> Tuple[np.ndarray, Tuple[int, int]]:
+    """Crop a dense ``[H,W]`` mask to its bounding box: ``(patch, (y, x))``."""
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    if len(rows) == 0:
+        return np.zeros((0, 0), bool), (0, 0)
+    return mask[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1].copy(), (int(rows[0]), int(cols[0]))
