@@ -48,3 +48,26 @@ class AttentionGate(nn.Module):
     def forward(self, pre: Tensor, y: Tensor) -> Tensor:
         gate = torch.sigmoid(F.relu(upsample_to(self.conv1(pre), y) + y))
         return F.relu(self.conv2(gate * y))
+
+
+class FusedSelfAttention(nn.Module):
+    """Inference form of :class:`SelfAttention`: one 1x1 conv computes F, G and V, and
+    ``scaled_dot_product_attention`` (``scale=1.0``: the release has no ``1/sqrt(d)``)
+    replaces the explicit softmax, so GPUs use their fused attention kernels.
+    Same result as the module it is built from, up to float rounding."""
+
+    def __init__(self, reference: SelfAttention):
+        super().__init__()
+        self.key_channels = reference.conv1.out_channels
+        channels = reference.conv3.out_channels
+        self.qkv = nn.Conv2d(channels, 2 * self.key_channels + channels, 1, bias=False)
+        with torch.no_grad():
+            self.qkv.weight.copy_(torch.cat([reference.conv1.weight, reference.conv2.weight, reference.conv3.weight]))
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, c, h, w = x.shape
+        qkv = self.qkv(x).flatten(2).transpose(1, 2).unsqueeze(1)  # [B, 1, N, 2*C/8 + C]
+        k = self.key_channels
+        query, key, value = qkv[..., :k], qkv[..., k : 2 * k], qkv[..., 2 * k :]
+        out = F.scaled_dot_product_attention(query, key, value, scale=1.0)  # [B, 1, N, C]
+        return out.squeeze(1).transpose(1, 2).reshape(b, c, h, w) + x
