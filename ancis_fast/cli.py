@@ -101,11 +101,13 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _register_predict(subparsers) -> None:
+    from .io.writers import DEFAULT_SAVE, SAVE_KINDS
+
     parser = subparsers.add_parser("predict", help="segment cells in images and write labels/JSON/CSV/overlays")
     parser.add_argument("inputs", nargs="+", help="image files and/or folders")
     parser.add_argument("--out", required=True, help="output folder")
-    parser.add_argument("--save", type=_kinds, default=["labels", "json", "csv", "overlay"],
-                        help="comma list of labels,json,csv,overlay (default: all)")
+    parser.add_argument("--save", type=_kinds, default=list(DEFAULT_SAVE),
+                        help=f"comma list of {','.join(SAVE_KINDS)} (default: {','.join(DEFAULT_SAVE)})")
     parser.add_argument("--label-format", choices=["tif", "png"], default="tif",
                         help="label image format: 16/32-bit TIFF (default) or 16-bit PNG")
     parser.add_argument("--recursive", action="store_true", help="descend into sub-folders")

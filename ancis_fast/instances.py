@@ -26,6 +26,7 @@ class Instances:
         mask_patches: the masks as tight patches (:class:`~ancis_fast.masks.PatchMasks`);
             ``masks`` gives them as a dense bool ``[N,H,W]`` array (built once, on first use).
             A detection too small for any feature level (spec §5) has an empty mask.
+        meta: free-form information about how the result was made (frame index, latency).
     """
 
     def __init__(self, boxes: np.ndarray, scores: np.ndarray, masks: Union[np.ndarray, PatchMasks],
@@ -47,6 +48,7 @@ class Instances:
         if not len(self.labels) == len(self.mask_patches) == n:
             raise ValueError(f"{n} scores but {len(self.labels)} labels and {len(self.mask_patches)} masks")
         self._dense: Optional[np.ndarray] = None
+        self.meta: Dict[str, Any] = {}  # e.g. frame_index and latency_ms from Predictor.stream
 
     @classmethod
     def empty(cls, image_size: Tuple[int, int]) -> "Instances":

@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import os
+import threading
 from dataclasses import dataclass
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 from torch import nn
+from tqdm import tqdm
 
 from .instances import Instances
 from .masks import PatchMasks, tight_patch
@@ -16,8 +18,11 @@ from .models import build_detector, build_segmenter, default_weights, load_weigh
 from .models.weights import WeightsSource
 from .pipeline import reference
 from .pipeline.preprocess import Normalization, preprocess
+from .streaming import FrameStream
+from .tiling import predict_tiled
 
 BACKENDS = ("reference",)
+AUTO_TILE_ABOVE = 2048  # px; larger images are tiled at native resolution
 ImageInput = Union[str, os.PathLike, np.ndarray]
 
 
@@ -109,16 +114,56 @@ class Predictor:
         self.detector = detector.to(self.device).eval()
         self.segmenter = segmenter.to(self.device).eval()
         self.priors = make_priors(*config.input_size, device=self.device)
+        self.auto_tile_above = AUTO_TILE_ABOVE
+        self._lock = threading.Lock()
 
-    def predict(self, image: ImageInput) -> Instances:
-        """Segment one image (path or array); see :class:`~ancis_fast.Instances`."""
-        array = read_image(image) if isinstance(image, (str, os.PathLike)) else image
-        batch, original_size = preprocess(array, self.config.input_size, self.config.normalization)
-        return self._predict_reference(batch.to(self.device), original_size)
+    def predict(self, image: ImageInput, tile: Optional[int] = None, overlap: int = 64) -> Instances:
+        """Segment one image (path or array); see :class:`~ancis_fast.Instances`.
 
-    def predict_batch(self, images: Sequence[ImageInput]) -> List[Instances]:
+        Images whose longer side exceeds ``auto_tile_above`` (default 2048 px), or any
+        image when ``tile`` is given, are segmented in ``tile x tile`` pieces at native
+        resolution (default: the input size) that overlap by ``overlap`` px and are
+        stitched so that a cell on a seam is one instance (see :mod:`ancis_fast.tiling`).
+        """
+        array = self._load(image)
+        if tile is None and max(array.shape[:2]) > self.auto_tile_above:
+            tile = max(self.config.input_size)
+        if tile is not None:
+            return predict_tiled(array, self._predict_array, tile, overlap)
+        return self._predict_array(array)
+
+    def predict_batch(self, images: Sequence[ImageInput], tile: Optional[int] = None, overlap: int = 64,
+                      progress: bool = False) -> List[Instances]:
         """Segment several images; results in input order."""
-        return [self.predict(image) for image in images]
+        items = tqdm(images, desc="segmenting", unit="img") if progress else images
+        return [self.predict(image, tile, overlap) for image in items]
+
+    def stream(self, frames: Iterable[ImageInput], max_queue: int = 4, drop_oldest: bool = False) -> FrameStream:
+        """Segment a sequence of frames (a live feed, a video, a folder) with decoding and
+        pre-processing overlapped with inference in a background thread.
+
+        Returns an iterator of :class:`Instances` in input order (frames discarded under
+        ``drop_oldest`` are skipped); ``.stats.summary()`` gives latency and FPS. Frames are
+        segmented whole (no tiling).
+        """
+        return FrameStream(frames, self._prepare, self._infer, max_queue, drop_oldest,
+                           pin_memory=self.device.type == "cuda")
+
+    @staticmethod
+    def _load(image: ImageInput) -> np.ndarray:
+        return read_image(image) if isinstance(image, (str, os.PathLike)) else image
+
+    def _prepare(self, image: ImageInput) -> Tuple[torch.Tensor, Tuple[int, int]]:
+        return preprocess(self._load(image), self.config.input_size, self.config.normalization)
+
+    def _predict_array(self, array: np.ndarray) -> Instances:
+        return self._infer(*self._prepare(array))
+
+    def _infer(self, batch: torch.Tensor, original_size: Tuple[int, int]) -> Instances:
+        # One inference at a time: the models are shared, and parallel calls would only
+        # oversubscribe the cores. Pre-processing and I/O stay outside the lock.
+        with self._lock:
+            return self._predict_reference(batch.to(self.device, non_blocking=True), original_size)
 
     @torch.inference_mode()
     def _predict_reference(self, batch: torch.Tensor, original_size: Tuple[int, int]) -> Instances:

@@ -76,3 +76,30 @@ def test_write_instances_all_kinds(tmp_path):
 def test_png_labels_refuse_uint32(tmp_path):
     with pytest.raises(ValueError, match=r"\.tif"):
         write_label_image(tmp_path / "l.png", np.zeros((2, 2), np.uint32))
+
+
+def _square_instances():
+    masks = np.zeros((2, 20, 30), bool)
+    masks[0, 2:8, 3:13] = True  # 6 x 10 rectangle
+    return Instances(np.array([[2, 3, 8, 13], [0, 0, 1, 1]], np.float32), np.array([0.9, 0.4], np.float32), masks)
+
+
+def test_imagej_rois_round_trip(tmp_path):
+    roifile = pytest.importorskip("roifile", reason="roifile is the optional [io] extra")
+    paths = write_instances(_square_instances(), tmp_path, "img", ["rois"])
+    rois = roifile.roiread(paths["rois"])
+    rois = rois if isinstance(rois, list) else [rois]
+    assert len(rois) == 1  # the empty mask has no outline
+    xy = rois[0].coordinates()
+    assert xy[:, 0].min() == 3 and xy[:, 0].max() == 12 and xy[:, 1].min() == 2 and xy[:, 1].max() == 7
+
+
+def test_geojson_polygons(tmp_path):
+    paths = write_instances(_square_instances(), tmp_path, "img", ["geojson"])
+    data = json.loads(paths["geojson"].read_text())
+    assert data["type"] == "FeatureCollection" and len(data["features"]) == 1
+    feature = data["features"][0]
+    ring = np.array(feature["geometry"]["coordinates"][0])
+    assert (ring[0] == ring[-1]).all()
+    assert ring[:, 0].min() == 3 and ring[:, 0].max() == 12 and ring[:, 1].max() == 7
+    assert feature["properties"]["id"] == 1 and feature["properties"]["objectType"] == "detection"

@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Dict, Iterable, Iterator, Union
 
@@ -12,9 +14,11 @@ import numpy as np
 import tifffile
 
 from ..instances import Instances
+from .contours import geojson_features, outlines
 
 PathLike = Union[str, os.PathLike]
-SAVE_KINDS = ("labels", "json", "csv", "overlay")
+SAVE_KINDS = ("labels", "json", "csv", "overlay", "rois", "geojson")
+DEFAULT_SAVE = ("labels", "json", "csv", "overlay")
 
 
 @contextlib.contextmanager
@@ -75,16 +79,32 @@ def output_paths(out_dir: PathLike, stem: str, kinds: Iterable[str], label_forma
     """Where :func:`write_instances` puts each requested kind for an input named ``stem``."""
     out_dir = Path(out_dir)
     names = {"labels": f"{stem}_labels.{label_format}", "json": f"{stem}.json", "csv": f"{stem}.csv",
-             "overlay": f"{stem}_overlay.png"}
+             "overlay": f"{stem}_overlay.png", "rois": f"{stem}_rois.zip", "geojson": f"{stem}.geojson"}
     return {kind: out_dir / names[kind] for kind in kinds}
 
 
-def write_instances(instances: Instances, out_dir: PathLike, stem: str, kinds: Iterable[str] = SAVE_KINDS,
+def write_imagej_rois(path: PathLike, instances: Instances) -> None:
+    """ImageJ/Fiji ROI set (``.zip``), one polygon ROI per non-empty mask, named by id."""
+    try:
+        import roifile
+    except ImportError as exc:
+        raise ValueError("writing ImageJ ROIs needs the roifile package: pip install roifile") from exc
+    rois = [roifile.ImagejRoi.frompoints(polygon, name=f"cell_{i + 1:05d}")
+            for i, polygon in enumerate(outlines(instances.mask_patches)) if polygon is not None]
+    with atomic_path(path) as tmp:
+        if rois:
+            roifile.roiwrite(tmp, rois, mode="w")
+        else:  # an empty but valid zip: ImageJ opens it as "no ROIs"
+            zipfile.ZipFile(tmp, "w").close()
+
+
+def write_instances(instances: Instances, out_dir: PathLike, stem: str, kinds: Iterable[str] = DEFAULT_SAVE,
                     bgr8: np.ndarray | None = None, label_format: str = "tif") -> Dict[str, Path]:
     """Write the requested outputs of one image; returns ``{kind: path}``.
 
     ``kinds`` is any of ``labels`` (``<stem>_labels.tif|png``), ``json`` (with RLE masks),
-    ``csv``, ``overlay`` (``<stem>_overlay.png``, needs ``bgr8``).
+    ``csv``, ``overlay`` (``<stem>_overlay.png``, needs ``bgr8``), ``rois`` (ImageJ ROI
+    set ``<stem>_rois.zip``), ``geojson`` (``<stem>.geojson`` polygons for QuPath/napari).
     """
     kinds = list(kinds)
     unknown = set(kinds) - set(SAVE_KINDS)
@@ -102,4 +122,8 @@ def write_instances(instances: Instances, out_dir: PathLike, stem: str, kinds: I
         if bgr8 is None:
             raise ValueError("an overlay needs the 8-bit BGR image (bgr8=...)")
         write_image(paths["overlay"], overlay(bgr8, labels))
+    if "rois" in paths:
+        write_imagej_rois(paths["rois"], instances)
+    if "geojson" in paths:
+        write_text(paths["geojson"], json.dumps(geojson_features(instances.mask_patches, instances.scores)))
     return paths

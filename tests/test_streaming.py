@@ -1,0 +1,102 @@
+"""predict_batch, stream, thread safety and tiling through the Predictor."""
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from ancis_fast import Predictor
+from ancis_fast.predictor import PredictorConfig
+from conftest import blob_image
+
+SIZE = (128, 128)
+
+
+@pytest.fixture(scope="module")
+def predictor(models):
+    return Predictor.from_models(*models, config=PredictorConfig(input_size=SIZE))
+
+
+@pytest.fixture(scope="module")
+def frames():
+    return [blob_image(seed=s) for s in range(5)]
+
+
+@pytest.fixture(scope="module")
+def serial(predictor, frames):
+    return [predictor.predict(f) for f in frames]
+
+
+def _same(a, b):
+    np.testing.assert_array_equal(a.boxes, b.boxes)
+    np.testing.assert_array_equal(a.scores, b.scores)
+    np.testing.assert_array_equal(a.label_image(), b.label_image())
+
+
+def test_predict_batch_equals_predict(predictor, frames, serial):
+    for got, want in zip(predictor.predict_batch(frames), serial):
+        _same(got, want)
+
+
+def test_stream_keeps_order_and_reports_stats(predictor, frames, serial):
+    stream = predictor.stream(frames, max_queue=2)
+    results = list(stream)
+    assert [r.meta["frame_index"] for r in results] == list(range(len(frames)))
+    for got, want in zip(results, serial):
+        _same(got, want)
+    summary = stream.stats.summary()
+    assert summary["frames_out"] == len(frames) and summary["dropped"] == 0
+    assert summary["latency_ms_median"] > 0 and summary["fps"] > 0
+
+
+def test_stream_drop_oldest_skips_frames_for_a_slow_consumer(predictor):
+    frames = [blob_image(64, 64, seed=s) for s in range(30)]
+    stream = predictor.stream(frames, max_queue=1, drop_oldest=True)
+    seen = []
+    for inst in stream:
+        seen.append(inst.meta["frame_index"])
+        time.sleep(0.05)
+    assert stream.stats.dropped > 0
+    assert seen == sorted(seen) and seen[-1] == 29
+    assert len(seen) + stream.stats.dropped == 30
+
+
+def test_stream_raises_on_a_bad_frame_and_can_stop_early(predictor, frames):
+    with pytest.raises(ValueError, match="channels"):
+        list(predictor.stream([frames[0], np.zeros((8, 8, 5), np.uint8)]))
+    stream = predictor.stream(iter(frames * 100))
+    next(stream)
+    stream.close()
+    assert not stream._thread.is_alive()
+
+
+def test_concurrent_predict_equals_serial(predictor, frames, serial):
+    results = [None] * 8
+
+    def work(i):
+        results[i] = predictor.predict(frames[i % len(frames)])
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(8)]
+    for t in threads[:4]:
+        t.start()
+    for t in threads[4:]:
+        t.start()
+    for t in threads:
+        t.join()
+    for i, got in enumerate(results):
+        _same(got, serial[i % len(frames)])
+
+
+def test_tiled_predict_through_the_predictor(predictor):
+    image = blob_image(260, 300, cells=40, seed=9)
+    tiled = predictor.predict(image, tile=128, overlap=32)
+    assert tiled.image_size == (260, 300)
+    assert len(tiled) > 0 and (np.diff(tiled.scores) <= 0).all()
+    assert (tiled.boxes[:, 2] <= 260 + 128).all()
+    predictor.auto_tile_above = 200
+    try:
+        auto = predictor.predict(image)
+    finally:
+        predictor.auto_tile_above = 2048
+    explicit = predictor.predict(image, tile=128, overlap=64)
+    _same(auto, explicit)
