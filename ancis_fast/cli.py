@@ -65,10 +65,12 @@ def output_stems(paths: Sequence[Path]) -> List[str]:
 
 
 def _predict(args: argparse.Namespace) -> int:
+    import time
+
     from tqdm import tqdm
 
-    from .io.readers import IMAGE_SUFFIXES, find_images, read_image
-    from .io.writers import write_instances
+    from .io.readers import INPUT_SUFFIXES, find_images, iter_frames
+    from .io.writers import output_paths, write_instances
     from .models.weights import CheckpointError
     from .pipeline.preprocess import to_bgr8
 
@@ -79,38 +81,51 @@ def _predict(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if not paths:
-        print(f"error: no images ({', '.join(IMAGE_SUFFIXES)}) found in {args.inputs}", file=sys.stderr)
+        print(f"error: no inputs ({', '.join(INPUT_SUFFIXES)}) found in {args.inputs}", file=sys.stderr)
         return 2
-    failures, cells = [], 0
-    for path, stem in zip(tqdm(paths, desc="segmenting", unit="img", disable=args.quiet), output_stems(paths)):
+    started, frames, skipped, cells, failures = time.perf_counter(), 0, 0, 0, []
+    bar = tqdm(paths, desc="segmenting", unit="file", disable=args.quiet)
+    for path, stem in zip(bar, output_stems(paths)):
         try:
-            image = read_image(path)
-            instances = predictor.predict(image)
-            bgr8 = to_bgr8(image, predictor.config.normalization) if "overlay" in args.save else None
-            write_instances(instances, args.out, stem, args.save, bgr8, args.label_format)
-            cells += len(instances)
-        except (ValueError, OSError) as exc:
+            for suffix, image in iter_frames(path):
+                name = stem + suffix
+                if args.resume and all(p.exists() for p in output_paths(args.out, name, args.save, args.label_format).values()):
+                    skipped += 1
+                    continue
+                instances = predictor.predict(image, tile=args.tile, overlap=args.overlap)
+                bgr8 = to_bgr8(image, predictor.config.normalization) if "overlay" in args.save else None
+                write_instances(instances, args.out, name, args.save, bgr8, args.label_format)
+                frames, cells = frames + 1, cells + len(instances)
+                bar.set_postfix(frames=frames, cells=cells)
+        except (ValueError, OSError) as exc:  # a bad input is reported; its finished frames are kept
             failures.append(path)
             tqdm.write(f"failed: {path}: {exc}", file=sys.stderr)
-    done = len(paths) - len(failures)
-    print(f"{done}/{len(paths)} image(s) segmented, {cells} cell(s); outputs in {args.out}", file=sys.stderr)
+    elapsed = time.perf_counter() - started
+    print(f"{len(paths) - len(failures)}/{len(paths)} input(s) done: {frames} frame(s) segmented"
+          f"{f', {skipped} already done' if skipped else ''}, {cells} cell(s), {elapsed:.1f} s"
+          f"{f' ({frames / elapsed:.2f} frames/s)' if frames else ''}; outputs in {args.out}", file=sys.stderr)
     if failures:
         print(f"{len(failures)} input(s) failed: {', '.join(map(str, failures))}", file=sys.stderr)
     return 1 if failures else 0
-
 
 
 def _register_predict(subparsers) -> None:
     from .io.writers import DEFAULT_SAVE, SAVE_KINDS
 
     parser = subparsers.add_parser("predict", help="segment cells in images and write labels/JSON/CSV/overlays")
-    parser.add_argument("inputs", nargs="+", help="image files and/or folders")
+    parser.add_argument("inputs", nargs="+",
+                        help="image files, TIFF stacks, videos, folders or glob patterns (quote them)")
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--save", type=_kinds, default=list(DEFAULT_SAVE),
                         help=f"comma list of {','.join(SAVE_KINDS)} (default: {','.join(DEFAULT_SAVE)})")
     parser.add_argument("--label-format", choices=["tif", "png"], default="tif",
                         help="label image format: 16/32-bit TIFF (default) or 16-bit PNG")
     parser.add_argument("--recursive", action="store_true", help="descend into sub-folders")
+    parser.add_argument("--resume", action="store_true",
+                        help="skip images/frames whose requested outputs all exist (writes are atomic)")
+    parser.add_argument("--tile", type=int, default=None,
+                        help="segment in tiles of this many px at native resolution (automatic above 2048 px)")
+    parser.add_argument("--overlap", type=int, default=64, help="tile overlap in px (default: 64)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     add_model_arguments(parser)
     parser.set_defaults(func=_predict)

@@ -34,7 +34,7 @@ def test_predict_writes_everything_and_reports_bad_files(tmp_path, weights, caps
     code = main(["predict", str(images), "--out", str(out)] + weights)
     assert code == 1  # one input failed, the others are done
     err = capsys.readouterr().err
-    assert "broken.png" in err and "2/3 image(s) segmented" in err
+    assert "broken.png" in err and "2/3 input(s) done" in err
     for stem in ("one", "two"):
         labels = tifffile.imread(out / f"{stem}_labels.tif")
         assert labels.dtype == np.uint16 and labels.shape == (160, 200)
@@ -77,3 +77,25 @@ def test_console_script_runs():
     result = subprocess.run([sys.executable, "-m", "ancis_fast.cli", "--version"], capture_output=True, text=True,
                             env={**os.environ})
     assert result.returncode == 0 and "ancis_fast" in result.stdout
+
+
+def test_stacks_videos_and_resume(tmp_path, weights, capsys):
+    stack = np.stack([blob_image(seed=s)[:, :, 0] for s in range(6)]).reshape(3, 2, 160, 200)
+    tifffile.imwrite(tmp_path / "stack.tif", stack, imagej=True, metadata={"axes": "TZYX"})
+    writer = cv2.VideoWriter(str(tmp_path / "movie.avi"), cv2.VideoWriter_fourcc(*"MJPG"), 5, (200, 160))
+    for s in range(3):
+        writer.write(blob_image(seed=10 + s))
+    writer.release()
+    out = tmp_path / "out"
+    args = ["predict", str(tmp_path / "*.*"), "--out", str(out), "--save", "labels,csv"] + weights
+    assert main(args) == 0
+    names = sorted(p.name for p in out.glob("*_labels.tif"))
+    assert names == sorted([f"stack_t{t:03d}_z{z:03d}_labels.tif" for t in range(3) for z in range(2)]
+                           + [f"movie_f{f:06d}_labels.tif" for f in range(3)])
+    capsys.readouterr()
+    (out / "stack_t002_z001_labels.tif").unlink()
+    before = (out / "movie_f000000_labels.tif").stat().st_mtime_ns
+    assert main(args + ["--resume"]) == 0
+    assert "1 frame(s) segmented, 8 already done" in capsys.readouterr().err
+    assert (out / "stack_t002_z001_labels.tif").exists()
+    assert (out / "movie_f000000_labels.tif").stat().st_mtime_ns == before

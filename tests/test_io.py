@@ -103,3 +103,35 @@ def test_geojson_polygons(tmp_path):
     assert (ring[0] == ring[-1]).all()
     assert ring[:, 0].min() == 3 and ring[:, 0].max() == 12 and ring[:, 1].max() == 7
     assert feature["properties"]["id"] == 1 and feature["properties"]["objectType"] == "detection"
+
+
+def test_iter_frames_of_stacks_and_plain_images(tmp_path):
+    from ancis_fast.io import iter_frames
+
+    stack = np.arange(2 * 3 * 4 * 5, dtype=np.uint16).reshape(2, 3, 4, 5)
+    tifffile.imwrite(tmp_path / "s.tif", stack, imagej=True, metadata={"axes": "TZYX"})
+    frames = list(iter_frames(tmp_path / "s.tif"))
+    assert [name for name, _ in frames] == [f"_t{t:03d}_z{z:03d}" for t in range(2) for z in range(3)]
+    np.testing.assert_array_equal(frames[4][1], stack[1, 1])
+    with pytest.raises(ValueError, match="stack"):
+        read_image(tmp_path / "s.tif")
+    cv2.imwrite(str(tmp_path / "p.png"), np.zeros((3, 3), np.uint8))
+    assert [name for name, _ in iter_frames(tmp_path / "p.png")] == [""]
+    rgb = np.zeros((4, 5, 3), np.uint8)
+    rgb[..., 0] = 9  # red in RGB
+    tifffile.imwrite(tmp_path / "rgb.tif", rgb, photometric="rgb")
+    (name, frame), = iter_frames(tmp_path / "rgb.tif")
+    assert name == "" and frame[0, 0].tolist() == [0, 0, 9]
+
+
+def test_truncated_stack_names_the_file(tmp_path):
+    from ancis_fast.io import iter_frames
+
+    tifffile.imwrite(tmp_path / "s.tif", np.ones((5, 64, 64), np.uint16))
+    data = (tmp_path / "s.tif").read_bytes()
+    (tmp_path / "s.tif").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match="s.tif"):
+        list(iter_frames(tmp_path / "s.tif"))
+    (tmp_path / "v.avi").write_bytes(b"RIFF junk")
+    with pytest.raises(ValueError, match="v.avi"):
+        list(iter_frames(tmp_path / "v.avi"))
