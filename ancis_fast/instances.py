@@ -151,6 +151,24 @@ def mask_to_rle(mask: np.ndarray) -> Dict[str, Any]:
     return {"size": list(mask.shape), "counts": counts}
 
 
+def patch_to_rle(patch: np.ndarray, origin: Sequence[int], image_size: Tuple[int, int]) -> Dict[str, Any]:
+    """:func:`mask_to_rle` of a patch placed at ``origin`` without building the dense mask."""
+    height = image_size[0]
+    cols, rows = np.nonzero(patch.T)  # column-major order, as COCO RLE runs
+    flat = (cols + origin[1]) * height + rows + origin[0]
+    total = image_size[0] * image_size[1]
+    if flat.size == 0:
+        return {"size": list(image_size), "counts": [total]}
+    breaks = np.flatnonzero(np.diff(flat) != 1) + 1
+    starts = flat[np.concatenate([[0], breaks])]
+    ends = flat[np.concatenate([breaks - 1, [flat.size - 1]])] + 1
+    gaps = starts - np.concatenate([[0], ends[:-1]])
+    counts = np.stack([gaps, ends - starts], axis=1).ravel().tolist()
+    if ends[-1] < total:
+        counts.append(int(total - ends[-1]))
+    return {"size": list(image_size), "counts": counts}
+
+
 def rle_to_mask(rle: Dict[str, Any]) -> np.ndarray:
     """Inverse of :func:`mask_to_rle`."""
     height, width = rle["size"]

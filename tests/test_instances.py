@@ -73,3 +73,23 @@ def test_empty_instances():
     assert len(inst) == 0 and inst.label_image().shape == (5, 4) and not inst.label_image().any()
     assert inst.to_dict()["instances"] == [] and inst.to_csv().strip() == ",".join(CSV_COLUMNS)
     assert inst.centroids.shape == (0, 2)
+
+
+def test_patch_rle_equals_dense_rle():
+    from ancis_fast.instances import patch_to_rle
+
+    rng = np.random.default_rng(1)
+    for _ in range(20):
+        mask = np.zeros((9, 7), bool)
+        y, x = rng.integers(0, 9), rng.integers(0, 7)
+        mask[y:y + rng.integers(0, 5), x:x + rng.integers(0, 5)] = True
+        mask &= rng.random((9, 7)) > 0.3
+        mask[8, 6] = rng.random() > 0.5  # runs that touch the end of the image
+        mask[0, 0] = rng.random() > 0.5  # and the start
+        rows, cols = np.nonzero(mask)
+        if len(rows):
+            origin = (rows.min(), cols.min())
+            patch = mask[rows.min():rows.max() + 1, cols.min():cols.max() + 1]
+        else:
+            origin, patch = (0, 0), np.zeros((0, 0), bool)
+        assert patch_to_rle(patch, origin, mask.shape) == mask_to_rle(mask)
