@@ -120,8 +120,9 @@ class Instances:
         for row, label in zip(instances, self.labels):
             row["label"] = int(label)
         if include_masks:
-            for row, mask in zip(instances, self.masks):
-                row["rle"] = mask_to_rle(mask)
+            patches = self.mask_patches
+            for row, patch, origin in zip(instances, patches.patches, patches.origins):
+                row["rle"] = patch_to_rle(patch, origin, self.image_size)
         return {"image_size": list(self.image_size), "box_format": "y1x1y2x2", "num_instances": len(self),
                 "instances": instances}
 
