@@ -77,3 +77,13 @@ def test_box_iou_hand_computed():
     a = torch.tensor([[0.0, 0.0, 10.0, 10.0]])
     b = torch.tensor([[5.0, 0.0, 15.0, 10.0], [20.0, 20.0, 30.0, 30.0]])
     torch.testing.assert_close(box_iou(a, b), torch.tensor([[50 / 150, 0.0]]))
+
+
+def test_scale_height_gives_the_full_input_priors_on_a_crop():
+    """Priors of a 256 crop with scale_height=512 equal the 512 priors of the same cells."""
+    full, crop = make_priors(512, 512), make_priors(256, 256, scale_height=512)
+    full_levels = torch.split(full, [64 * 64 * 4, 32 * 32 * 6, 16 * 16 * 6, 8 * 8 * 6])
+    crop_levels = torch.split(crop, [32 * 32 * 4, 16 * 16 * 6, 8 * 8 * 6, 4 * 4 * 6])
+    for f, c, (n, a) in zip(full_levels, crop_levels, [(64, 4), (32, 6), (16, 6), (8, 6)]):
+        top_left = f.reshape(n, n, a, 4)[: n // 2, : n // 2].reshape(-1, 4)
+        torch.testing.assert_close(c, top_left)

@@ -27,6 +27,8 @@ class Detector(nn.Module):
     and the attended c4.
     """
 
+    __jit_unused_properties__ = ["feature_channels"]
+
     def __init__(self, backbone: str = "resnet50", num_classes: int = 2):
         super().__init__()
         block, depths = backbone_spec(backbone)
@@ -69,8 +71,10 @@ class Detector(nn.Module):
         f5 = upsample_to(self.fusion_c5(c5), f3)
         return self.fusion_end(torch.cat([f3, f4, f5], dim=1))
 
-    def _head(self, x: Tensor, head: nn.Module, width: int) -> Tensor:
-        return head(x).permute(0, 2, 3, 1).reshape(x.shape[0], -1, width)
+    @staticmethod
+    def _flatten(head_out: Tensor, width: int) -> Tensor:
+        """``[B, A*width, h, w]`` -> ``[B, h*w*A, width]`` (NHWC order, as the release)."""
+        return head_out.permute(0, 2, 3, 1).reshape(head_out.shape[0], -1, width)
 
     def forward(self, x: Tensor) -> Tuple[Tensor, Tensor, List[Tensor]]:
         c1 = self.relu(self.bn1(self.conv1(x)))
@@ -87,12 +91,12 @@ class Detector(nn.Module):
 
         nc = self.num_classes
         locs = torch.cat([
-            self._head(a3, self.locs_c3, 4), self._head(a4, self.locs_c4, 4),
-            self._head(a5, self.locs_c5, 4), self._head(a6, self.locs_c6, 4),
+            self._flatten(self.locs_c3(a3), 4), self._flatten(self.locs_c4(a4), 4),
+            self._flatten(self.locs_c5(a5), 4), self._flatten(self.locs_c6(a6), 4),
         ], dim=1)
         conf = torch.cat([
-            self._head(a3, self.conf_c3, nc), self._head(a4, self.conf_c4, nc),
-            self._head(a5, self.conf_c5, nc), self._head(a6, self.conf_c6, nc),
+            self._flatten(self.conf_c3(a3), nc), self._flatten(self.conf_c4(a4), nc),
+            self._flatten(self.conf_c5(a5), nc), self._flatten(self.conf_c6(a6), nc),
         ], dim=1)
         return locs, conf, [x, c1, c2, a3, a4]
 

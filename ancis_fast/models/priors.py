@@ -36,22 +36,28 @@ def _cell_shapes(level_index: int, height: int) -> List[Tuple[float, float]]:
 
 
 @lru_cache(maxsize=16)
-def _priors_cached(height: int, width: int) -> Tensor:
+def _priors_cached(height: int, width: int, scale_height: int) -> Tensor:
     levels = []
     for index, ((h, w), p) in enumerate(zip(feature_map_sizes(height, width), LEVELS)):
         step = float(2**p)
         cy = (torch.arange(h, dtype=torch.float64) + 0.5) * step
         cx = (torch.arange(w, dtype=torch.float64) + 0.5) * step
         grid_y, grid_x = torch.meshgrid(cy, cx, indexing="ij")
-        shapes = torch.tensor(_cell_shapes(index, height), dtype=torch.float64)  # [A, 2]
+        shapes = torch.tensor(_cell_shapes(index, scale_height), dtype=torch.float64)  # [A, 2]
         centres = torch.stack([grid_y, grid_x], dim=-1).reshape(-1, 1, 2).expand(-1, len(shapes), 2)
         sizes = shapes.unsqueeze(0).expand(h * w, -1, 2)
         levels.append(torch.cat([centres, sizes], dim=-1).reshape(-1, 4))
     return torch.cat(levels).to(torch.float32)
 
 
-def make_priors(height: int, width: int, device: torch.device | str | None = None) -> Tensor:
+def make_priors(height: int, width: int, device: torch.device | str | None = None,
+                scale_height: int | None = None) -> Tensor:
     """Priors for an ``height x width`` network input.
+
+    ``scale_height`` (default ``height``) is the height the prior sizes are taken from.
+    Training on ``256 x 256`` crops of what will be a ``512 x 512`` input uses
+    ``scale_height=512``: the crop's priors are then exactly those of the full input in the
+    same cells, so a fully convolutional head learns the full-size parameterisation.
 
     Returns:
         ``[P, 4]`` float32 ``(cy, cx, h, w)`` in input pixels, levels c3..c6, cells in
@@ -60,5 +66,5 @@ def make_priors(height: int, width: int, device: torch.device | str | None = Non
     """
     if height <= 0 or width <= 0:
         raise ValueError(f"input size must be positive, got {height}x{width}")
-    priors = _priors_cached(int(height), int(width))
+    priors = _priors_cached(int(height), int(width), int(scale_height or height))
     return priors if device is None else priors.to(device)

@@ -1,7 +1,7 @@
 """Attention U-Net that segments one detected box from its feature crops (spec §5)."""
 from __future__ import annotations
 
-from typing import List, Sequence
+from typing import List, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -51,17 +51,35 @@ class Segmenter(nn.Module):
             nn.Conv2d(64, 64, 3, padding=1), nn.ReLU(inplace=True), nn.Conv2d(64, 1, 3, padding=1),
         )
 
-    def encode_c0(self, image: Tensor) -> Tensor:
-        return self.layer_c0(image)
+    @torch.jit.export
+    def encode_c0(self, image: Tensor, inside: Optional[Tensor] = None) -> Tensor:
+        """``layer_c0`` features ``[B,64,h,w]`` of ``image [B,3,h,w]``.
 
+        ``inside`` (``[B,1,h,w]``, 1 inside the original image, 0 outside) is for crops
+        that reach past the image border: the hidden layer is zeroed there, as the second
+        conv's zero padding would be in the full-image computation.
+        """
+        hidden = self.layer_c0[1](self.layer_c0[0](image))
+        if inside is not None:
+            hidden = hidden * inside
+        return self.layer_c0[3](self.layer_c0[2](hidden))
+
+    @torch.jit.export
     def decode_logits(self, crops: List[Tensor]) -> Tensor:
         """Mask logits ``[K,1,h_0,w_0]`` from the level crops ``crops[0..L-1]``."""
-        if not 1 <= len(crops) <= 5:
-            raise ValueError(f"expected 1 to 5 level crops, got {len(crops)}")
-        pre = crops[-1]
-        for i in range(len(crops) - 2, -1, -1):
-            gated = self.layer_att[i](pre, crops[i])
-            pre = self.layer_up_concat[i](gated, pre)
+        levels = len(crops)
+        if levels < 1 or levels > 5:
+            raise ValueError(f"expected 1 to 5 level crops, got {levels}")
+        pre = crops[levels - 1]
+        # i = levels-2 down to 0, written out: TorchScript indexes a ModuleList by constants only
+        if levels > 4:
+            pre = self.layer_up_concat[3](self.layer_att[3](pre, crops[3]), pre)
+        if levels > 3:
+            pre = self.layer_up_concat[2](self.layer_att[2](pre, crops[2]), pre)
+        if levels > 2:
+            pre = self.layer_up_concat[1](self.layer_att[1](pre, crops[1]), pre)
+        if levels > 1:
+            pre = self.layer_up_concat[0](self.layer_att[0](pre, crops[0]), pre)
         return self.layer_head(pre)
 
     def forward(self, crops: List[Tensor]) -> Tensor:
