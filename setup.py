@@ -36,7 +36,9 @@ def _extensions():
     except ImportError:  # metadata-only builds (e.g. sdist) without torch
         return [], {}
 
-    cxx_flags = ["-O3", "-std=c++17", "-fopenmp"]
+    # torch >= 2.10 headers need C++20; -g0 halves the compile time (Python's CFLAGS carry -g).
+    # No FMA contraction: the kernels reproduce torch's and OpenCV's rounding step by step.
+    cxx_flags = ["-O3", "-g0", "-std=c++20", "-fopenmp", "-ffp-contract=off"]
     define_macros = []
     cuda_home = _cuda_home()
     cuda_sources = sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")))
@@ -49,7 +51,7 @@ def _extensions():
             "ancis_fast._C",
             cpp_sources + cuda_sources,
             define_macros=define_macros,
-            extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "-std=c++17"]},
+            extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "-std=c++20"]},
             extra_link_args=["-fopenmp"],
         )
     else:

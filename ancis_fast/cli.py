@@ -9,10 +9,11 @@ from pathlib import Path
 from typing import List, Optional, Sequence
 
 #: modules with a ``register(subparsers)`` function that adds their subcommands
-SUBCOMMAND_MODULES: List[str] = []
+SUBCOMMAND_MODULES: List[str] = ["ancis_fast.data.cli", "ancis_fast.train.cli", "ancis_fast.evaluate"]
 
 
-def _size(text: str) -> tuple:
+def parse_size(text: str) -> tuple:
+    """``"512"`` -> ``(512, 512)``; ``"512x640"`` or ``"512,640"`` -> ``(512, 640)``."""
     parts = text.lower().replace("x", ",").split(",")
     if len(parts) == 1:
         parts = parts * 2
@@ -38,7 +39,11 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weights-seg", help="segmenter checkpoint (default: bundled model)")
     parser.add_argument("--backbone", default="resnet50", help="detector trunk (default: resnet50)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
-    parser.add_argument("--input-size", type=_size, default=(512, 512), help="network input HxW (default: 512)")
+    parser.add_argument("--backend", default="reference", choices=["reference", "eager", "torchscript"],
+                        help="reference: spec-exact (default); eager/torchscript: the batched fast pipeline")
+    parser.add_argument("--mode", default="fast", choices=["fast", "exact"],
+                        help="fast backends' mask stage: size buckets (fast) or native crop sizes (exact)")
+    parser.add_argument("--input-size", type=parse_size, default=(512, 512), help="network input HxW (default: 512)")
     parser.add_argument("--conf-thresh", type=float, default=0.3, help="detection score threshold (default: 0.3)")
     parser.add_argument("--nms-thresh", type=float, default=0.3, help="NMS IoU threshold (default: 0.3)")
     parser.add_argument("--seg-thresh", type=float, default=0.5, help="mask probability threshold (default: 0.5)")
@@ -49,7 +54,8 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 def build_predictor(args: argparse.Namespace):
     from . import Predictor
 
-    return Predictor(args.weights_det, args.weights_seg, backbone=args.backbone, device=args.device,
+    return Predictor(args.weights_det, args.weights_seg, backbone=args.backbone, backend=args.backend,
+                     mode=args.mode, device=args.device,
                      input_size=args.input_size, conf_thresh=args.conf_thresh, nms_thresh=args.nms_thresh,
                      seg_thresh=args.seg_thresh, normalize=args.normalize)
 

@@ -17,11 +17,12 @@ from .io.readers import read_image
 from .models import build_detector, build_segmenter, default_weights, load_weights, make_priors
 from .models.weights import WeightsSource
 from .pipeline import reference
+from .pipeline.fast import MODES, FastPipeline
 from .pipeline.preprocess import Normalization, preprocess
 from .streaming import FrameStream
 from .tiling import predict_tiled
 
-BACKENDS = ("reference",)
+BACKENDS = ("reference", "eager", "torchscript")
 AUTO_TILE_ABOVE = 2048  # px; larger images are tiled at native resolution
 ImageInput = Union[str, os.PathLike, np.ndarray]
 
@@ -35,8 +36,11 @@ class PredictorConfig:
     nms_thresh: float = 0.3
     seg_thresh: float = 0.5
     normalization: Normalization = Normalization()
+    mode: str = "fast"
 
     def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"mode={self.mode!r}; expected one of {MODES} (used by the fast backends)")
         if len(self.input_size) != 2 or min(self.input_size) < 64:
             raise ValueError(f"input_size={self.input_size}; expected (H, W), each >= 64 (multiples of 64 are best)")
         for name in ("conf_thresh", "nms_thresh", "seg_thresh"):
@@ -65,7 +69,11 @@ class Predictor:
         detector_weights, segmenter_weights: checkpoint paths or state dicts (release
             format); ``None`` for both uses the bundled default model.
         backbone: detector trunk, ``resnet50`` (release default), ``resnet101``, ``resnet152``.
-        backend: execution path; ``"reference"`` is the spec-exact PyTorch path.
+        backend: execution path: ``"reference"`` (spec-exact, one box at a time) or
+            ``"eager"`` (the batched fast pipeline, :mod:`ancis_fast.pipeline.fast`) or
+            ``"torchscript"`` (the same with scripted networks).
+        mode: for the fast backends, ``"fast"`` (size-bucketed mask stage, default) or
+            ``"exact"`` (native crop sizes: the reference's masks up to float rounding).
         device: ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
         input_size: network input ``(H, W)``; images are resized to it and back.
         conf_thresh, nms_thresh, seg_thresh: detection score threshold (strict ``>``),
@@ -87,6 +95,7 @@ class Predictor:
         seg_thresh: float = 0.5,
         normalize: str = "auto",
         percentiles: Tuple[float, float] = (1.0, 99.8),
+        mode: str = "fast",
     ):
         if (detector_weights is None) != (segmenter_weights is None):
             raise ValueError("give both detector_weights and segmenter_weights, or neither for the bundled model")
@@ -95,7 +104,7 @@ class Predictor:
         detector = load_weights(build_detector(backbone), detector_weights)
         segmenter = load_weights(build_segmenter(backbone), segmenter_weights)
         self._setup(detector, segmenter, backend, device, PredictorConfig(
-            tuple(input_size), conf_thresh, nms_thresh, seg_thresh, Normalization(normalize, tuple(percentiles))))
+            tuple(input_size), conf_thresh, nms_thresh, seg_thresh, Normalization(normalize, tuple(percentiles)), mode))
 
     @classmethod
     def from_models(cls, detector: nn.Module, segmenter: nn.Module, backend: str = "reference",
@@ -114,6 +123,9 @@ class Predictor:
         self.detector = detector.to(self.device).eval()
         self.segmenter = segmenter.to(self.device).eval()
         self.priors = make_priors(*config.input_size, device=self.device)
+        self.pipeline = None if backend == "reference" else FastPipeline(
+            self.detector, self.segmenter, config.input_size, config.conf_thresh, config.nms_thresh, config.mode,
+            channels_last=True, scripted=backend == "torchscript").to(self.device)
         self.auto_tile_above = AUTO_TILE_ABOVE
         self._lock = threading.Lock()
 
@@ -133,10 +145,31 @@ class Predictor:
         return self._predict_array(array)
 
     def predict_batch(self, images: Sequence[ImageInput], tile: Optional[int] = None, overlap: int = 64,
-                      progress: bool = False) -> List[Instances]:
-        """Segment several images; results in input order."""
-        items = tqdm(images, desc="segmenting", unit="img") if progress else images
-        return [self.predict(image, tile, overlap) for image in items]
+                      batch_size: int = 8, progress: bool = False) -> List[Instances]:
+        """Segment several images; results in input order. The fast backends run up to
+        ``batch_size`` images (those not tiled) through the network together."""
+        if batch_size < 1:
+            raise ValueError(f"batch_size={batch_size}; expected >= 1")
+        results: List[Optional[Instances]] = [None] * len(images)
+        bar = tqdm(total=len(images), desc="segmenting", unit="img", disable=not progress)
+        for start in range(0, len(images), batch_size):
+            arrays = [self._load(image) for image in images[start : start + batch_size]]
+            whole = []
+            for offset, array in enumerate(arrays):
+                if self.pipeline is None or tile is not None or max(array.shape[:2]) > self.auto_tile_above:
+                    results[start + offset] = self.predict(array, tile, overlap)
+                else:
+                    whole.append(offset)
+            if whole:
+                prepared = [self._prepare(arrays[i]) for i in whole]
+                batch = torch.cat([p[0] for p in prepared])
+                with self._lock:
+                    found = self._predict_fast(batch.to(self.device), [p[1] for p in prepared])
+                for offset, instances in zip(whole, found):
+                    results[start + offset] = instances
+            bar.update(len(arrays))
+        bar.close()
+        return results  # type: ignore[return-value]
 
     def stream(self, frames: Iterable[ImageInput], max_queue: int = 4, drop_oldest: bool = False) -> FrameStream:
         """Segment a sequence of frames (a live feed, a video, a folder) with decoding and
@@ -163,25 +196,52 @@ class Predictor:
         # One inference at a time: the models are shared, and parallel calls would only
         # oversubscribe the cores. Pre-processing and I/O stay outside the lock.
         with self._lock:
-            return self._predict_reference(batch.to(self.device, non_blocking=True), original_size)
+            batch = batch.to(self.device, non_blocking=True)
+            if self.pipeline is None:
+                return self._predict_reference(batch, original_size)
+            return self._predict_fast(batch, [original_size])[0]
+
+    def _predict_fast(self, batch: torch.Tensor, original_sizes: List[Tuple[int, int]]) -> List[Instances]:
+        detections, probs, mask_sizes = self.pipeline(batch)
+        return self._paste_fast(detections, probs, mask_sizes, original_sizes)
+
+    def _paste_fast(self, detections, probs: torch.Tensor, mask_sizes: torch.Tensor,
+                    original_sizes: List[Tuple[int, int]]) -> List[Instances]:
+        results = []
+        for b, original_size in enumerate(original_sizes):
+            keep = (detections.batch_idx == b).nonzero().flatten()
+            det = detections.index(keep)
+            masks = self.pipeline.paste(det, probs[keep], mask_sizes[keep], original_size, self.config.seg_thresh)
+            results.append(Instances((det.boxes.cpu() * self._box_scale(original_size)).numpy(),
+                                     det.scores.cpu().numpy(), masks, det.labels.cpu().numpy()))
+        return results
+
+    def _box_scale(self, original_size: Tuple[int, int]) -> torch.Tensor:
+        """Factors from network-input to original-image pixels, ``[4]`` for (y1, x1, y2, x2)."""
+        height, width = self.config.input_size
+        return torch.tensor([original_size[0] / height, original_size[1] / width] * 2)
 
     @torch.inference_mode()
     def _predict_reference(self, batch: torch.Tensor, original_size: Tuple[int, int]) -> Instances:
-        cfg = self.config
         locs, conf, features = self.detector(batch)
-        detected = reference.detect(locs, conf, self.priors, cfg.conf_thresh, cfg.nms_thresh)
+        detected = reference.detect(locs, conf, self.priors, self.config.conf_thresh, self.config.nms_thresh)
         boxes, scores, labels = reference.detections_of_image(detected[0].cpu())
-        keep = scores >= cfg.conf_thresh  # spec §6 pastes these; Detect already kept only > conf_thresh
-        boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
         features = [self.segmenter.encode_c0(features[0])] + list(features[1:])
         probs = reference.segment(self.segmenter, features, boxes)
+        return self._paste_reference(boxes, scores, labels, probs, original_size)
+
+    def _paste_reference(self, boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor,
+                         probs: List[Optional[torch.Tensor]], original_size: Tuple[int, int]) -> Instances:
+        """Spec §6 for every detection with score >= conf_thresh (Detect already kept > only)."""
+        cfg = self.config
+        keep = (scores >= cfg.conf_thresh).nonzero().flatten().tolist()
         patches, origins = [], []
-        for prob, box in zip(probs, boxes):
-            dense = (np.zeros(original_size, bool) if prob is None else
-                     reference.paste_mask(prob.float().cpu().numpy(), box, cfg.input_size, original_size, cfg.seg_thresh))
+        for i in keep:
+            dense = (np.zeros(original_size, bool) if probs[i] is None else reference.paste_mask(
+                probs[i].float().cpu().numpy(), boxes[i], cfg.input_size, original_size, cfg.seg_thresh))
             patch, origin = tight_patch(dense)  # one dense mask at a time keeps memory bounded
             patches.append(patch)
             origins.append(origin)
         masks = PatchMasks(patches, np.array(origins, np.int64).reshape(-1, 2), original_size)
-        scale = torch.tensor([original_size[0] / cfg.input_size[0], original_size[1] / cfg.input_size[1]] * 2)
-        return Instances((boxes * scale).numpy(), scores.numpy(), masks, labels.numpy())
+        return Instances((boxes[keep] * self._box_scale(original_size)).numpy(), scores[keep].numpy(), masks,
+                         labels[keep].numpy())

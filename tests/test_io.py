@@ -135,3 +135,16 @@ def test_truncated_stack_names_the_file(tmp_path):
     (tmp_path / "v.avi").write_bytes(b"RIFF junk")
     with pytest.raises(ValueError, match="v.avi"):
         list(iter_frames(tmp_path / "v.avi"))
+
+
+def test_atomic_writes_get_normal_permissions(tmp_path):
+    import os
+    import stat
+
+    mask = os.umask(0o022)
+    try:
+        with atomic_path(tmp_path / "a.txt") as tmp:
+            tmp.write_text("x")
+    finally:
+        os.umask(mask)
+    assert stat.S_IMODE((tmp_path / "a.txt").stat().st_mode) == 0o644

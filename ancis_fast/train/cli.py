@@ -1,0 +1,124 @@
+"""`ancis-fast train-det` and `ancis-fast train-seg`."""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any, Dict
+
+from ..data.cli import _pair
+
+
+def _sources(args: argparse.Namespace):
+    from ..data.synthetic import SynthConfig
+    from .data import parse_source
+
+    synth = SynthConfig(size=args.synth_size or tuple(args.input_size), diameter=args.synth_diameter,
+                        count=args.synth_count)
+    train = parse_source(args.data, synth, args.seed)
+    val = parse_source(args.val, synth, args.seed, validation=True) if args.val else None
+    return train, val
+
+
+def _common(args: argparse.Namespace) -> Dict[str, Any]:
+    return dict(out_dir=args.out, backbone=args.backbone, input_size=tuple(args.input_size), recipe=args.recipe,
+                epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, warmup_steps=args.warmup,
+                device=args.device, workers=args.workers, seed=args.seed, val_every=args.val_every,
+                save_every=args.save_every, resume=args.resume, init_weights=args.init, max_steps=args.max_steps, amp=args.amp, rot90=args.rot90, quiet=args.quiet)
+
+
+def _report(summary: Dict[str, Any]) -> int:
+    best = summary["best"]
+    shown = f"{best:.4f}" if best > float("-inf") else "n/a (no validation)"
+    print(f"done: {summary['global_step']} step(s), epoch {summary['epoch']}; best AP@0.5 {shown}; "
+          f"weights {summary['weights']}" + (f", best {summary['best_weights']}" if summary["best_weights"] else ""),
+          file=sys.stderr)
+    return 0
+
+
+def _set_threads(args: argparse.Namespace) -> None:
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+
+
+def _train_det(args: argparse.Namespace) -> int:
+    from .detector import DetectorTrainConfig, train_detector
+
+    _set_threads(args)
+    try:
+        train, val = _sources(args)
+        config = DetectorTrainConfig(**_common(args))
+        config.resolved_recipe()
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return _report(train_detector(config, train, val))
+
+
+def _train_seg(args: argparse.Namespace) -> int:
+    from ..models.weights import CheckpointError
+    from .segmenter import SegmenterTrainConfig, train_segmenter
+
+    _set_threads(args)
+    try:
+        train, val = _sources(args)
+        config = SegmenterTrainConfig(detector_weights=args.detector, max_boxes=args.max_boxes,
+                                      gt_boxes=args.gt_boxes, **_common(args))
+        config.resolved_recipe()
+        return _report(train_segmenter(config, train, val))
+    except (FileNotFoundError, ValueError, CheckpointError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    from ..cli import parse_size
+
+    parser.add_argument("--data", required=True, help="training data: a dataset folder (DSB or images/+masks/) or "
+                                                       "synth:N (N fresh synthetic images per epoch)")
+    parser.add_argument("--val", help="validation data: a folder or synth:N (a fixed synthetic set)")
+    parser.add_argument("--out", required=True, help="output folder for checkpoints and log.jsonl")
+    parser.add_argument("--backbone", default="resnet50", help="resnet50 (release), resnet101, resnet152, "
+                                                               "resnet18/34 (small, no release weights)")
+    parser.add_argument("--input-size", type=parse_size, default=(512, 512),
+                        help="network input HxW (default 512); use the model at this size afterwards")
+    parser.add_argument("--recipe", choices=["release", "fast"], default="release",
+                        help="release: the paper's optimiser/schedule (default); fast: AdamW + warm-up + cosine, "
+                             "for training from scratch")
+    parser.add_argument("--epochs", type=int, help="override the recipe's epochs")
+    parser.add_argument("--batch-size", type=int, help="override the recipe's batch size")
+    parser.add_argument("--lr", type=float, help="override the recipe's learning rate")
+    parser.add_argument("--warmup", type=int, help="override the recipe's linear warm-up steps")
+    parser.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:N")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice; 1 is often faster "
+                                                    "on a small machine shared with other jobs)")
+    parser.add_argument("--workers", type=int, default=0, help="data-loading processes (default: 0 = in-process)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of data, order and init (default: 0)")
+    parser.add_argument("--val-every", type=int, default=1, help="validate every N epochs (default: 1)")
+    parser.add_argument("--save-every", type=int, default=0, help="also checkpoint every N steps (default: epochs only)")
+    parser.add_argument("--resume", action="store_true", help="continue from <out>/<stage>_state.pt if present")
+    parser.add_argument("--init", help="start from these weights instead of a fresh initialisation")
+    parser.add_argument("--max-steps", type=int, help="stop (with a checkpoint) after this many steps in total")
+    parser.add_argument("--amp", action="store_true", help="bfloat16 autocast on CUDA")
+    parser.add_argument("--rot90", action="store_true", help="add random quarter turns to the augmentation")
+    parser.add_argument("--synth-size", type=parse_size, help="synthetic image size (default: the input size)")
+    parser.add_argument("--synth-diameter", type=_pair(float), default=(6.0, 60.0),
+                        help="synthetic nucleus diameter range, px (default: 6,60)")
+    parser.add_argument("--synth-count", type=_pair(int), default=(10, 1500),
+                        help="synthetic nuclei-per-image range (default: 10,1500)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def register(subparsers) -> None:
+    """Add the ``train-det`` and ``train-seg`` subcommands."""
+    det = subparsers.add_parser("train-det", help="train the cell detector (spec §7)")
+    _add_common(det)
+    det.set_defaults(func=_train_det)
+
+    seg = subparsers.add_parser("train-seg", help="train the mask head on a frozen detector (spec §7)")
+    seg.add_argument("--detector", required=True, help="trained detector weights (e.g. <out>/detector_best.pt)")
+    seg.add_argument("--max-boxes", type=int, default=64, help="boxes per image per step, 0 = all (default: 64)")
+    seg.add_argument("--gt-boxes", action="store_true", help="also train on the ground-truth boxes")
+    _add_common(seg)
+    seg.set_defaults(func=_train_seg)

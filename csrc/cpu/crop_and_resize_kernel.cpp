@@ -1,0 +1,126 @@
+// ancis::crop_and_resize, CPU kernel: bilinear crops of K boxes, box-parallel.
+//
+// Float boxes are continuous (y1, x1, y2, x2) feature-pixel coordinates (roi_align
+// aligned=True geometry, or corner-aligned samples); integer boxes are inclusive crops
+// (spec §5 bounds) resampled as F.interpolate would resample the crop.
+#define TORCH_ASSERT_ONLY_METHOD_OPERATORS  // per-operator headers: faster builds
+#include <ATen/core/Tensor.h>
+#include <ATen/Dispatch.h>
+#include <ATen/ops/empty.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "../ancis_checks.h"
+#include "../ancis_common.h"
+#include "parallel.h"
+
+namespace ancis {
+namespace cpu {
+namespace {
+
+template <typename acc_t>
+void compute_taps(const at::Tensor& boxes, int64_t height, int64_t width, int64_t out_h, int64_t out_w,
+                  bool align_corners, std::vector<BilinearTap<acc_t>>& ty, std::vector<BilinearTap<acc_t>>& tx) {
+  const int64_t k = boxes.size(0);
+  ty.resize(k * out_h);
+  tx.resize(k * out_w);
+  if (at::isFloatingType(boxes.scalar_type())) {
+    const at::Tensor b = boxes.to(c10::CppTypeToScalarType<acc_t>::value).contiguous();
+    const acc_t* bp = b.data_ptr<acc_t>();
+    at::parallel_for(0, k, grain_for(k, k * (out_h + out_w) * 16), [&](int64_t k0, int64_t k1) {
+      for (int64_t i = k0; i < k1; ++i) {
+        const acc_t* r = bp + 4 * i;
+        for (int64_t y = 0; y < out_h; ++y) ty[i * out_h + y] = box_tap<acc_t>(r[0], r[2], y, out_h, height, align_corners);
+        for (int64_t x = 0; x < out_w; ++x) tx[i * out_w + x] = box_tap<acc_t>(r[1], r[3], x, out_w, width, align_corners);
+      }
+    });
+    return;
+  }
+  const at::Tensor b = boxes.to(at::kLong).contiguous();
+  const int64_t* bp = b.data_ptr<int64_t>();
+  at::parallel_for(0, k, grain_for(k, k * (out_h + out_w) * 16), [&](int64_t k0, int64_t k1) {
+    for (int64_t i = k0; i < k1; ++i) {
+      const int64_t y1 = std::max<int64_t>(bp[4 * i], 0), x1 = std::max<int64_t>(bp[4 * i + 1], 0);
+      const int64_t y2 = std::min<int64_t>(bp[4 * i + 2], height - 1), x2 = std::min<int64_t>(bp[4 * i + 3], width - 1);
+      const bool valid = y1 <= y2 && x1 <= x2;
+      for (int64_t y = 0; y < out_h; ++y) {
+        ty[i * out_h + y] = valid ? crop_tap<acc_t>(y1, y2, y, out_h, align_corners) : BilinearTap<acc_t>{0, 0, 0, 0, false};
+      }
+      for (int64_t x = 0; x < out_w; ++x) {
+        tx[i * out_w + x] = valid ? crop_tap<acc_t>(x1, x2, x, out_w, align_corners) : BilinearTap<acc_t>{0, 0, 0, 0, false};
+      }
+    }
+  });
+}
+
+template <typename scalar_t>
+void crop_planes(const at::Tensor& features, const at::Tensor& boxes, const int64_t* bidx, bool align_corners,
+                 at::Tensor& out) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t k = out.size(0), channels = out.size(1), out_h = out.size(2), out_w = out.size(3);
+  const int64_t height = features.size(2), width = features.size(3);
+  std::vector<BilinearTap<acc_t>> ty, tx;
+  compute_taps<acc_t>(boxes, height, width, out_h, out_w, align_corners, ty, tx);
+  const scalar_t* f = features.data_ptr<scalar_t>();
+  scalar_t* o = out.data_ptr<scalar_t>();
+  const int64_t grain = grain_for(k * channels, k * channels * out_h * out_w * 4);
+  // Channel-major order: all boxes sample one channel plane while it is in cache; box-major
+  // order would fetch a new plane for every (box, channel) and wait on memory.
+  at::parallel_for(0, k * channels, grain, [&](int64_t p0, int64_t p1) {
+    for (int64_t job = p0; job < p1; ++job) {
+      const int64_t c = job / k, i = job % k;
+      const scalar_t* src = f + (bidx[i] * channels + c) * height * width;
+      scalar_t* dst = o + (i * channels + c) * out_h * out_w;
+      for (int64_t y = 0; y < out_h; ++y) {
+        const BilinearTap<acc_t>& a = ty[i * out_h + y];
+        scalar_t* out_row = dst + y * out_w;
+        if (!a.valid) {
+          std::fill(out_row, out_row + out_w, scalar_t(0));
+          continue;
+        }
+        const scalar_t* row_lo = src + a.lo * width;
+        const scalar_t* row_hi = src + a.hi * width;
+        for (int64_t x = 0; x < out_w; ++x) {
+          const BilinearTap<acc_t>& b = tx[i * out_w + x];
+          acc_t v = 0;
+          if (b.valid) {
+            v += bilinear_combine<acc_t>(a, b, row_lo[b.lo], row_lo[b.hi], row_hi[b.lo], row_hi[b.hi]);
+          }
+          out_row[x] = static_cast<scalar_t>(v);
+        }
+      }
+    }
+  });
+}
+
+at::Tensor crop_and_resize_cpu(const at::Tensor& features, const at::Tensor& boxes, const at::Tensor& batch_idx,
+                               at::IntArrayRef out_size, bool align_corners) {
+  check_crop_inputs(features, boxes, batch_idx, out_size);
+  const int64_t k = boxes.size(0);
+  at::Tensor out = at::empty({k, features.size(1), out_size[0], out_size[1]}, features.options());
+  if (out.numel() == 0) {
+    return out;
+  }
+  const at::Tensor bidx = batch_idx.to(at::kLong).contiguous();
+  const int64_t* bp = bidx.data_ptr<int64_t>();
+  for (int64_t i = 0; i < k; ++i) {
+    TORCH_CHECK_VALUE(bp[i] >= 0 && bp[i] < features.size(0), "crop_and_resize: batch_idx[", i, "] = ", bp[i],
+                      " is out of range for features with batch size ", features.size(0));
+  }
+  const at::Tensor f = features.contiguous();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, f.scalar_type(), "ancis_crop_and_resize_cpu",
+                                  [&] { crop_planes<scalar_t>(f, boxes, bp, align_corners, out); });
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(ancis, CPU, m) {
+  m.impl("crop_and_resize", TORCH_FN(crop_and_resize_cpu));
+}
+
+}  // namespace cpu
+}  // namespace ancis

@@ -1,0 +1,82 @@
+"""The fast pipeline against the reference path (seeded random weights)."""
+import numpy as np
+import pytest
+import torch
+
+from ancis_fast import Predictor
+from ancis_fast.pipeline.fast import bucket_size, level_shape
+from ancis_fast.predictor import PredictorConfig
+from conftest import blob_image, random_models
+
+SIZE = (128, 128)
+
+
+def _mask_ious(a, b):
+    """IoU of matched instances (same order: the boxes are identical)."""
+    ious = []
+    for i in range(len(a)):
+        ma, mb = a.mask_patches.mask(i), b.mask_patches.mask(i)
+        union = (ma | mb).sum()
+        if union:
+            ious.append((ma & mb).sum() / union)
+    return np.array(ious)
+
+
+@pytest.fixture(scope="module")
+def soft_models():
+    """Random weights whose mask probabilities straddle the threshold."""
+    return random_models(seed=2, mask_bias=0.3)
+
+
+def _predictors(models, mode):
+    config = PredictorConfig(input_size=SIZE, mode=mode)
+    return (Predictor.from_models(*models, config=config),
+            Predictor.from_models(*models, backend="eager", config=config))
+
+
+@pytest.mark.parametrize("mode, min_iou", [("exact", 0.99), ("fast", 0.8)])
+def test_eager_agrees_with_reference(soft_models, mode, min_iou):
+    reference, eager = _predictors(soft_models, mode)
+    for seed in range(2):
+        image = blob_image(seed=seed)
+        ref, got = reference.predict(image), eager.predict(image)
+        assert len(ref) == len(got) > 0
+        np.testing.assert_allclose(got.boxes, ref.boxes, atol=1e-3)  # original pixels, 1e-4 in network units
+        np.testing.assert_allclose(got.scores, ref.scores, atol=1e-4)
+        ious = _mask_ious(ref, got)
+        assert ious.mean() >= min_iou, (mode, ious.mean())
+        if mode == "exact":
+            assert (got.areas == 0).tolist() == (ref.areas == 0).tolist()  # same boxes without masks
+
+
+def test_exact_mode_masks_are_identical_for_most_cells(soft_models):
+    reference, eager = _predictors(soft_models, "exact")
+    image = blob_image(seed=7)
+    ious = _mask_ious(reference.predict(image), eager.predict(image))
+    assert (ious == 1.0).mean() >= 0.9
+
+
+def test_predict_batch_batches_and_matches_single(soft_models):
+    _, eager = _predictors(soft_models, "fast")
+    images = [blob_image(seed=s) for s in range(3)] + [blob_image(100, 90, seed=4)]
+    batched = eager.predict_batch(images, batch_size=3)
+    for image, got in zip(images, batched):
+        single = eager.predict(image)
+        np.testing.assert_allclose(got.boxes, single.boxes, atol=1e-3)
+        assert got.image_size == image.shape[:2]
+
+
+def test_torchscript_backend_equals_eager(soft_models):
+    config = PredictorConfig(input_size=SIZE, mode="exact")
+    eager = Predictor.from_models(*soft_models, backend="eager", config=config)
+    scripted = Predictor.from_models(*soft_models, backend="torchscript", config=config)
+    assert isinstance(scripted.pipeline.detector, torch.jit.ScriptModule)
+    image = blob_image(seed=3)
+    a, b = eager.predict(image), scripted.predict(image)
+    np.testing.assert_allclose(b.boxes, a.boxes, atol=1e-3)
+    assert _mask_ious(a, b).mean() >= 0.999
+
+
+def test_buckets():
+    assert bucket_size(1) == 8 and bucket_size(24) == 24 and bucket_size(25) == 28 and bucket_size(10_000) == 512
+    assert [level_shape(24, i) for i in range(5)] == [24, 12, 6, 3, 3]
