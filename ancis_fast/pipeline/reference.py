@@ -87,7 +87,7 @@ def detections_of_image(detected: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
     Returns ``boxes [K,4]`` (y1,x1,y2,x2 input pixels), ``scores [K]``, ``labels [K]`` int64,
     sorted by descending score (stable: class order, then rank within the class).
     """
-    rows, labels = [], []
+    rows, labels = [detected.new_zeros((0, 5))], [torch.zeros(0, dtype=torch.long)]
     for cls in range(1, detected.shape[0]):
         valid = detected[cls, :, 0] > 0
         rows.append(detected[cls, valid])
