@@ -29,7 +29,12 @@ ImageInput = Union[str, os.PathLike, np.ndarray]
 
 @dataclass(frozen=True)
 class PredictorConfig:
-    """Inference settings. ``input_size`` is the network's ``(H, W)``."""
+    """Inference settings. ``input_size`` is the network's ``(H, W)``.
+
+    ``prior_height`` sizes the priors for that input height instead of ``input_size[0]``
+    (spec §3 scales them with the input height): a model trained at a 512 input keeps its
+    prior sizes when run at another input size, e.g. on 256 crops or 1024 tiles.
+    """
 
     input_size: Tuple[int, int] = (512, 512)
     conf_thresh: float = 0.3
@@ -37,6 +42,7 @@ class PredictorConfig:
     seg_thresh: float = 0.5
     normalization: Normalization = Normalization()
     mode: str = "fast"
+    prior_height: Optional[int] = None
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -122,10 +128,14 @@ class Predictor:
         self.config = config
         self.detector = detector.to(self.device).eval()
         self.segmenter = segmenter.to(self.device).eval()
-        self.priors = make_priors(*config.input_size, device=self.device)
-        self.pipeline = None if backend == "reference" else FastPipeline(
-            self.detector, self.segmenter, config.input_size, config.conf_thresh, config.nms_thresh, config.mode,
-            channels_last=True, scripted=backend == "torchscript").to(self.device)
+        self.priors = self.pipeline = None
+        if backend == "reference":
+            self.priors = make_priors(*config.input_size, device=self.device, scale_height=config.prior_height)
+        else:
+            self.pipeline = FastPipeline(
+                self.detector, self.segmenter, config.input_size, config.conf_thresh, config.nms_thresh, config.mode,
+                channels_last=True, scripted=backend == "torchscript", prior_height=config.prior_height,
+            ).to(self.device)
         self.auto_tile_above = AUTO_TILE_ABOVE
         self._lock = threading.Lock()
 

@@ -111,3 +111,16 @@ def test_weights_by_path(models, tmp_path):
     ref = Predictor.from_models(detector, segmenter, config=PredictorConfig(input_size=SIZE))
     image = blob_image(seed=6)
     np.testing.assert_array_equal(p.predict(image).boxes, ref.predict(image).boxes)
+
+
+def test_prior_height_sizes_the_priors_of_every_backend(models):
+    """A model trained at a 512 input runs at 256 with the 512 input's prior sizes."""
+    from ancis_fast.models import make_priors
+
+    config = PredictorConfig(input_size=(256, 256), prior_height=512)
+    expected = make_priors(256, 256, scale_height=512)
+    assert not torch.equal(expected, make_priors(256, 256))
+    reference_predictor = Predictor.from_models(*models, config=config)
+    torch.testing.assert_close(reference_predictor.priors, expected, rtol=0, atol=0)
+    fast = Predictor.from_models(*models, backend="eager", config=config)
+    torch.testing.assert_close(fast.pipeline.priors, expected, rtol=0, atol=0)

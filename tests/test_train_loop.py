@@ -141,3 +141,17 @@ def test_synthetic_source_is_fresh_per_epoch_and_examples_are_consistent():
         ys, xs = np.nonzero(example.labels.numpy() == int(label_id))
         assert box[0] >= ys.min() and box[2] <= ys.max() and box[1] >= xs.min() and box[3] <= xs.max()
     assert make_priors(*SIZE).shape[0] > 0
+
+
+def test_stage_configs_share_fields_and_check_prior_height():
+    from ancis_fast.train.detector import DetectorTrainConfig
+    from ancis_fast.train.segmenter import SegmenterTrainConfig
+
+    det = DetectorTrainConfig(out_dir="x", recipe="fast", prior_height=512)
+    seg = SegmenterTrainConfig(out_dir="x", detector_weights="d.pt", recipe="fast", prior_height=512)
+    assert det.resolved_recipe().optimizer == "adamw" and seg.resolved_recipe().name == "fast"
+    assert det.resolved_recipe() != seg.resolved_recipe()  # each stage keeps its own recipes
+    with pytest.raises(ValueError, match="prior_height=8"):
+        DetectorTrainConfig(out_dir="x", prior_height=8)
+    with pytest.raises(TypeError):
+        SegmenterTrainConfig(out_dir="x")  # the detector weights are required

@@ -72,12 +72,13 @@ class FastPipeline(nn.Module):
     ``forward(x [B,3,H,W])`` returns :class:`Detections` and the mask probabilities
     ``probs [K, h, w]`` (each box's valid top-left ``mask_sizes[k]`` region) ready for
     :meth:`paste`. With ``scripted`` the detector and the mask network run as TorchScript.
+    ``prior_height``: see :class:`~ancis_fast.predictor.PredictorConfig`.
     """
 
     def __init__(self, detector: nn.Module, segmenter: nn.Module, input_size: Tuple[int, int],
                  conf_thresh: float = 0.3, nms_thresh: float = 0.3, mode: str = "fast",
                  pre_nms_top_k: int | None = 200, max_det: int = 500, channels_last: bool = True,
-                 scripted: bool = False):
+                 scripted: bool = False, prior_height: int | None = None):
         super().__init__()
         if mode not in MODES:
             raise ValueError(f"mode={mode!r}; expected one of {MODES}")
@@ -89,7 +90,7 @@ class FastPipeline(nn.Module):
         self.conf_thresh, self.nms_thresh = conf_thresh, nms_thresh
         self.mode, self.pre_nms_top_k, self.max_det = mode, pre_nms_top_k, max_det
         self.channels_last = channels_last
-        self.register_buffer("priors", make_priors(*self.input_size).clone(), persistent=False)
+        self.register_buffer("priors", make_priors(*self.input_size, scale_height=prior_height).clone(), persistent=False)
 
     @torch.inference_mode()
     def forward(self, x: Tensor) -> Tuple[Detections, Tensor, Tensor]:

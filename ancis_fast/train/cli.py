@@ -20,7 +20,8 @@ def _sources(args: argparse.Namespace):
 
 
 def _common(args: argparse.Namespace) -> Dict[str, Any]:
-    return dict(out_dir=args.out, backbone=args.backbone, input_size=tuple(args.input_size), recipe=args.recipe,
+    return dict(out_dir=args.out, backbone=args.backbone, input_size=tuple(args.input_size),
+                prior_height=args.prior_height, recipe=args.recipe,
                 epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, warmup_steps=args.warmup,
                 device=args.device, workers=args.workers, seed=args.seed, val_every=args.val_every,
                 save_every=args.save_every, resume=args.resume, init_weights=args.init, max_steps=args.max_steps, amp=args.amp, rot90=args.rot90, quiet=args.quiet)
@@ -83,6 +84,9 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
                                                                "resnet18/34 (small, no release weights)")
     parser.add_argument("--input-size", type=parse_size, default=(512, 512),
                         help="network input HxW (default 512); use the model at this size afterwards")
+    parser.add_argument("--prior-height", type=int,
+                        help="size the priors for this input height instead (e.g. 512 while training on 256 "
+                             "crops, so that the model runs at a 512 input)")
     parser.add_argument("--recipe", choices=["release", "fast"], default="release",
                         help="release: the paper's optimiser/schedule (default); fast: AdamW + warm-up + cosine, "
                              "for training from scratch")

@@ -4,7 +4,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, ClassVar, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -16,6 +16,7 @@ from ..evaluate import Evaluator
 from ..models import build_detector, load_weights, make_priors
 from ..pipeline import reference
 from ..pipeline.preprocess import to_network_input
+from .config import StageConfig
 from .data import ExampleDataset, validation_images
 from .loop import LoopConfig, TrainLoop, resolve_device
 from .loss import multibox_loss
@@ -23,42 +24,11 @@ from .matching import match_batch
 from .optim import DETECTOR_RECIPES, Recipe
 
 
-@dataclass(frozen=True)
-class DetectorTrainConfig:
-    """Detector training settings; ``None`` fields take the recipe's value.
+@dataclass(frozen=True, kw_only=True)
+class DetectorTrainConfig(StageConfig):
+    """Detector training settings (see :class:`~.config.StageConfig`)."""
 
-    ``input_size`` fixes the priors (they scale with the input height, spec §3), so a
-    detector must be used at the input size it was trained at.
-    """
-
-    out_dir: str
-    backbone: str = "resnet50"
-    input_size: Tuple[int, int] = (512, 512)
-    recipe: str = "release"
-    epochs: Optional[int] = None
-    batch_size: Optional[int] = None
-    lr: Optional[float] = None
-    warmup_steps: Optional[int] = None
-    device: str = "auto"
-    workers: int = 0
-    seed: int = 0
-    val_every: int = 1
-    save_every: int = 0
-    resume: bool = False
-    init_weights: Optional[str] = None
-    max_steps: Optional[int] = None
-    amp: bool = False
-    rot90: bool = False
-    match_iou: float = 0.5
-    conf_thresh: float = 0.3
-    nms_thresh: float = 0.3
-    quiet: bool = False
-
-    def resolved_recipe(self) -> Recipe:
-        if self.recipe not in DETECTOR_RECIPES:
-            raise ValueError(f"recipe={self.recipe!r}; expected one of {sorted(DETECTOR_RECIPES)}")
-        return DETECTOR_RECIPES[self.recipe].with_overrides(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
-                                                          warmup_steps=self.warmup_steps)
+    recipes: ClassVar[Dict[str, Recipe]] = DETECTOR_RECIPES
 
 
 #: detector parts that get the from-scratch initialisation (the ResNet-style trunk and
@@ -148,7 +118,7 @@ def train_detector(cfg: DetectorTrainConfig, train_source: Sequence[Sample],
     else:
         init_from_scratch(model)
     model.to(device)
-    priors = make_priors(*cfg.input_size, device=device)
+    priors = make_priors(*cfg.input_size, device=device, scale_height=cfg.prior_height)
     augmentation = AugmentConfig(output_size=tuple(cfg.input_size), rot90=cfg.rot90)
     dataset = ExampleDataset(train_source, cfg.input_size, augmentation, cfg.seed)
 

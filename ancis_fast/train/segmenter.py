@@ -9,7 +9,7 @@ import dataclasses
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, ClassVar, Dict, List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
@@ -22,6 +22,7 @@ from ..data.sample import Sample
 from ..evaluate import Evaluator
 from ..models import build_detector, build_segmenter, load_weights, make_priors
 from ..pipeline import reference
+from .config import StageConfig
 from .data import ExampleDataset, validation_images
 from .detector import _autocast
 from .loop import LoopConfig, TrainLoop, resolve_device
@@ -31,9 +32,9 @@ from .optim import SEGMENTER_RECIPES, Recipe
 CropBounds = Tuple[int, int, int, int]
 
 
-@dataclass(frozen=True)
-class SegmenterTrainConfig:
-    """Segmenter training settings; ``None`` fields take the recipe's value.
+@dataclass(frozen=True, kw_only=True)
+class SegmenterTrainConfig(StageConfig):
+    """Segmenter training settings (see :class:`~.config.StageConfig`).
 
     Attributes:
         detector_weights: the trained detector (frozen here).
@@ -45,38 +46,12 @@ class SegmenterTrainConfig:
             helps while the detector is still weak).
     """
 
-    out_dir: str
+    recipes: ClassVar[Dict[str, Recipe]] = SEGMENTER_RECIPES
+
     detector_weights: str
-    backbone: str = "resnet50"
-    input_size: Tuple[int, int] = (512, 512)
-    recipe: str = "release"
-    epochs: Optional[int] = None
-    batch_size: Optional[int] = None
-    lr: Optional[float] = None
-    warmup_steps: Optional[int] = None
-    device: str = "auto"
-    workers: int = 0
-    seed: int = 0
-    val_every: int = 1
-    save_every: int = 0
-    resume: bool = False
-    init_weights: Optional[str] = None
-    max_steps: Optional[int] = None
-    amp: bool = False
-    rot90: bool = False
-    match_iou: float = 0.5
     max_boxes: int = 64
     gt_boxes: bool = False
-    conf_thresh: float = 0.3
-    nms_thresh: float = 0.3
     seg_thresh: float = 0.5
-    quiet: bool = False
-
-    def resolved_recipe(self) -> Recipe:
-        if self.recipe not in SEGMENTER_RECIPES:
-            raise ValueError(f"recipe={self.recipe!r}; expected one of {sorted(SEGMENTER_RECIPES)}")
-        return SEGMENTER_RECIPES[self.recipe].with_overrides(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
-                                                          warmup_steps=self.warmup_steps)
 
 
 def mask_target(labels: np.ndarray, label_id: int, box: Tensor, input_size: Tuple[int, int],
@@ -150,7 +125,7 @@ def mask_validation(detector: nn.Module, segmenter: nn.Module, val: Sequence[Tup
 
     predictor = Predictor.from_models(detector, segmenter, device=device, config=PredictorConfig(
         input_size=tuple(cfg.input_size), conf_thresh=cfg.conf_thresh, nms_thresh=cfg.nms_thresh,
-        seg_thresh=cfg.seg_thresh))
+        seg_thresh=cfg.seg_thresh, prior_height=cfg.prior_height))
     evaluator = Evaluator()
     for image, labels, name in val:
         instances = predictor.predict(image)
@@ -177,7 +152,7 @@ def train_segmenter(cfg: SegmenterTrainConfig, train_source: Sequence[Sample],
     if cfg.init_weights:
         load_weights(segmenter, cfg.init_weights)
     segmenter.to(device)
-    priors = make_priors(*cfg.input_size, device=device)
+    priors = make_priors(*cfg.input_size, device=device, scale_height=cfg.prior_height)
     input_size = tuple(cfg.input_size)
     dataset = ExampleDataset(train_source, input_size, AugmentConfig(output_size=input_size, rot90=cfg.rot90), cfg.seed)
     generator = torch.Generator().manual_seed(cfg.seed)

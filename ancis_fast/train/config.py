@@ -1,0 +1,55 @@
+"""Settings shared by the training stages (:mod:`.detector`, :mod:`.segmenter`)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar, Dict, Optional, Tuple
+
+from .optim import Recipe
+
+
+@dataclass(frozen=True, kw_only=True)
+class StageConfig:
+    """Settings of one training stage; ``None`` fields take the recipe's value.
+
+    ``input_size`` is the training input ``(H, W)``. The priors scale with the input
+    height (spec §3), so a model is used at the input size it was trained at, unless
+    ``prior_height`` is set: training on ``256 x 256`` crops with ``prior_height=512``
+    gives exactly the priors of a ``512 x 512`` input in those cells, so the model then
+    runs at the Predictor's default 512 input.
+    """
+
+    recipes: ClassVar[Dict[str, Recipe]] = {}
+
+    out_dir: str
+    backbone: str = "resnet50"
+    input_size: Tuple[int, int] = (512, 512)
+    prior_height: Optional[int] = None
+    recipe: str = "release"
+    epochs: Optional[int] = None
+    batch_size: Optional[int] = None
+    lr: Optional[float] = None
+    warmup_steps: Optional[int] = None
+    device: str = "auto"
+    workers: int = 0
+    seed: int = 0
+    val_every: int = 1
+    save_every: int = 0
+    resume: bool = False
+    init_weights: Optional[str] = None
+    max_steps: Optional[int] = None
+    amp: bool = False
+    rot90: bool = False
+    match_iou: float = 0.5
+    conf_thresh: float = 0.3
+    nms_thresh: float = 0.3
+    quiet: bool = False
+
+    def __post_init__(self) -> None:
+        if self.prior_height is not None and self.prior_height < 64:
+            raise ValueError(f"prior_height={self.prior_height}; expected None or an input height >= 64")
+
+    def resolved_recipe(self) -> Recipe:
+        if self.recipe not in self.recipes:
+            raise ValueError(f"recipe={self.recipe!r}; expected one of {sorted(self.recipes)}")
+        return self.recipes[self.recipe].with_overrides(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
+                                                        warmup_steps=self.warmup_steps)
