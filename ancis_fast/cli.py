@@ -9,7 +9,9 @@ from pathlib import Path
 from typing import List, Optional, Sequence
 
 #: modules with a ``register(subparsers)`` function that adds their subcommands
-SUBCOMMAND_MODULES: List[str] = ["ancis_fast.data.cli", "ancis_fast.train.cli", "ancis_fast.evaluate"]
+SUBCOMMAND_MODULES: List[str] = [
+    "ancis_fast.data.cli", "ancis_fast.train.cli", "ancis_fast.evaluate", "ancis_fast.export_cli",
+]
 
 
 def parse_size(text: str) -> tuple:
@@ -39,8 +41,12 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weights-seg", help="segmenter checkpoint (default: bundled model)")
     parser.add_argument("--backbone", default="resnet50", help="detector trunk (default: resnet50)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
-    parser.add_argument("--backend", default="reference", choices=["reference", "eager", "torchscript"],
-                        help="reference: spec-exact (default); eager/torchscript: the batched fast pipeline")
+    parser.add_argument("--backend", default="reference",
+                        choices=["reference", "eager", "torchscript", "compile", "tensorrt"],
+                        help="reference: spec-exact (default); eager/torchscript/compile: the batched fast "
+                             "pipeline; tensorrt: the same with a TensorRT detector (NVIDIA GPU, pip install .[tensorrt])")
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
+                        help="fast backends' network dtype (default: fp32); fp16 needs a GPU, bf16 works on CPUs")
     parser.add_argument("--mode", default="fast", choices=["fast", "exact"],
                         help="fast backends' mask stage: size buckets (fast) or native crop sizes (exact)")
     parser.add_argument("--input-size", type=parse_size, default=(512, 512), help="network input HxW (default: 512)")
@@ -55,7 +61,7 @@ def build_predictor(args: argparse.Namespace):
     from . import Predictor
 
     return Predictor(args.weights_det, args.weights_seg, backbone=args.backbone, backend=args.backend,
-                     mode=args.mode, device=args.device,
+                     mode=args.mode, device=args.device, precision=getattr(args, "precision", "fp32"),
                      input_size=args.input_size, conf_thresh=args.conf_thresh, nms_thresh=args.nms_thresh,
                      seg_thresh=args.seg_thresh, normalize=args.normalize)
 
@@ -83,7 +89,7 @@ def _predict(args: argparse.Namespace) -> int:
     try:
         paths = find_images(args.inputs, recursive=args.recursive)
         predictor = build_predictor(args)
-    except (FileNotFoundError, CheckpointError, ValueError) as exc:
+    except (FileNotFoundError, CheckpointError, ValueError, ImportError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if not paths:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 import threading
 from dataclasses import dataclass
-from typing import Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -14,6 +14,8 @@ from tqdm import tqdm
 from .instances import Instances
 from .masks import PatchMasks, tight_patch
 from .io.readers import read_image
+from .backends.configure import BACKENDS, configure_pipeline
+from .backends.precision import check_precision, resolve_precision
 from .models import build_detector, build_segmenter, default_weights, load_weights, make_priors
 from .models.weights import WeightsSource
 from .pipeline import reference
@@ -22,8 +24,8 @@ from .pipeline.preprocess import Normalization, preprocess
 from .streaming import FrameStream
 from .tiling import predict_tiled
 
-BACKENDS = ("reference", "eager", "torchscript")
 AUTO_TILE_ABOVE = 2048  # px; larger images are tiled at native resolution
+STAGES = ("preprocess", "detector", "detect", "mask", "paste")
 ImageInput = Union[str, os.PathLike, np.ndarray]
 
 
@@ -34,6 +36,9 @@ class PredictorConfig:
     ``prior_height`` sizes the priors for that input height instead of ``input_size[0]``
     (spec §3 scales them with the input height): a model trained at a 512 input keeps its
     prior sizes when run at another input size, e.g. on 256 crops or 1024 tiles.
+
+    ``precision`` (``"fp32"``, ``"fp16"``, ``"bf16"``): the dtype the fast backends run the
+    detector and mask decoder in; detection, crop geometry and pasting stay fp32.
     """
 
     input_size: Tuple[int, int] = (512, 512)
@@ -43,8 +48,10 @@ class PredictorConfig:
     normalization: Normalization = Normalization()
     mode: str = "fast"
     prior_height: Optional[int] = None
+    precision: str = "fp32"
 
     def __post_init__(self) -> None:
+        check_precision(self.precision)
         if self.mode not in MODES:
             raise ValueError(f"mode={self.mode!r}; expected one of {MODES} (used by the fast backends)")
         if len(self.input_size) != 2 or min(self.input_size) < 64:
@@ -77,7 +84,12 @@ class Predictor:
         backbone: detector trunk, ``resnet50`` (release default), ``resnet101``, ``resnet152``.
         backend: execution path: ``"reference"`` (spec-exact, one box at a time) or
             ``"eager"`` (the batched fast pipeline, :mod:`ancis_fast.pipeline.fast`) or
-            ``"torchscript"`` (the same with scripted networks).
+            ``"torchscript"`` (the same with scripted networks) or ``"compile"`` (the same
+            with ``torch.compile``d networks; the first images are slow) or ``"tensorrt"``
+            (the detector as a TensorRT engine, cached on disk; NVIDIA GPU and
+            ``pip install .[tensorrt]``, see :mod:`ancis_fast.backends.tensorrt`).
+        precision: ``"fp32"`` (default), ``"bf16"`` or ``"fp16"`` (GPU only): the dtype
+            of the fast backends' networks; the reference backend is fp32 only.
         mode: for the fast backends, ``"fast"`` (size-bucketed mask stage, default) or
             ``"exact"`` (native crop sizes: the reference's masks up to float rounding).
         device: ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
@@ -102,6 +114,7 @@ class Predictor:
         normalize: str = "auto",
         percentiles: Tuple[float, float] = (1.0, 99.8),
         mode: str = "fast",
+        precision: str = "fp32",
     ):
         if (detector_weights is None) != (segmenter_weights is None):
             raise ValueError("give both detector_weights and segmenter_weights, or neither for the bundled model")
@@ -110,7 +123,8 @@ class Predictor:
         detector = load_weights(build_detector(backbone), detector_weights)
         segmenter = load_weights(build_segmenter(backbone), segmenter_weights)
         self._setup(detector, segmenter, backend, device, PredictorConfig(
-            tuple(input_size), conf_thresh, nms_thresh, seg_thresh, Normalization(normalize, tuple(percentiles)), mode))
+            tuple(input_size), conf_thresh, nms_thresh, seg_thresh, Normalization(normalize, tuple(percentiles)), mode,
+            precision=precision))
 
     @classmethod
     def from_models(cls, detector: nn.Module, segmenter: nn.Module, backend: str = "reference",
@@ -125,6 +139,7 @@ class Predictor:
             raise ValueError(f"backend={backend!r} is not available; choose one of {BACKENDS}")
         self.backend = backend
         self.device = _resolve_device(device)
+        resolve_precision(config.precision, self.device, backend)
         self.config = config
         self.detector = detector.to(self.device).eval()
         self.segmenter = segmenter.to(self.device).eval()
@@ -136,7 +151,11 @@ class Predictor:
                 self.detector, self.segmenter, config.input_size, config.conf_thresh, config.nms_thresh, config.mode,
                 channels_last=True, scripted=backend == "torchscript", prior_height=config.prior_height,
             ).to(self.device)
+            configure_pipeline(self.pipeline, backend, config.precision, self.device)
         self.auto_tile_above = AUTO_TILE_ABOVE
+        #: ``stage_timer(stage, fn, *args)`` runs each of :data:`STAGES` (``fn(*args)``);
+        #: benchmarks replace it to time them (``benchmarks/fps.py``)
+        self.stage_timer: Callable[..., Any] = _untimed
         self._lock = threading.Lock()
 
     def predict(self, image: ImageInput, tile: Optional[int] = None, overlap: int = 64) -> Instances:
@@ -171,7 +190,7 @@ class Predictor:
                 else:
                     whole.append(offset)
             if whole:
-                prepared = [self._prepare(arrays[i]) for i in whole]
+                prepared = [self.stage_timer("preprocess", self._prepare, arrays[i]) for i in whole]
                 batch = torch.cat([p[0] for p in prepared])
                 with self._lock:
                     found = self._predict_fast(batch.to(self.device), [p[1] for p in prepared])
@@ -200,7 +219,7 @@ class Predictor:
         return preprocess(self._load(image), self.config.input_size, self.config.normalization)
 
     def _predict_array(self, array: np.ndarray) -> Instances:
-        return self._infer(*self._prepare(array))
+        return self._infer(*self.stage_timer("preprocess", self._prepare, array))
 
     def _infer(self, batch: torch.Tensor, original_size: Tuple[int, int]) -> Instances:
         # One inference at a time: the models are shared, and parallel calls would only
@@ -212,8 +231,14 @@ class Predictor:
             return self._predict_fast(batch, [original_size])[0]
 
     def _predict_fast(self, batch: torch.Tensor, original_sizes: List[Tuple[int, int]]) -> List[Instances]:
-        detections, probs, mask_sizes = self.pipeline(batch)
-        return self._paste_fast(detections, probs, mask_sizes, original_sizes)
+        """:meth:`FastPipeline.forward <ancis_fast.pipeline.fast.FastPipeline.forward>` stage by
+        stage (each through :attr:`stage_timer`), then the paste."""
+        timed, pipe = self.stage_timer, self.pipeline
+        with torch.inference_mode():
+            x, locs, conf, features = timed("detector", pipe.run_detector, batch)
+            detections = timed("detect", pipe.detect, locs, conf)
+            probs, mask_sizes = timed("mask", pipe.segment, x, features, detections)
+        return timed("paste", self._paste_fast, detections, probs, mask_sizes, original_sizes)
 
     def _paste_fast(self, detections, probs: torch.Tensor, mask_sizes: torch.Tensor,
                     original_sizes: List[Tuple[int, int]]) -> List[Instances]:
@@ -231,14 +256,20 @@ class Predictor:
         height, width = self.config.input_size
         return torch.tensor([original_size[0] / height, original_size[1] / width] * 2)
 
-    @torch.inference_mode()
     def _predict_reference(self, batch: torch.Tensor, original_size: Tuple[int, int]) -> Instances:
-        locs, conf, features = self.detector(batch)
-        detected = reference.detect(locs, conf, self.priors, self.config.conf_thresh, self.config.nms_thresh)
+        """Spec §2-§6 for one image, stage by stage (each through :attr:`stage_timer`)."""
+        timed, cfg = self.stage_timer, self.config
+        with torch.inference_mode():
+            locs, conf, features = timed("detector", self.detector, batch)
+            detected = timed("detect", reference.detect, locs, conf, self.priors, cfg.conf_thresh, cfg.nms_thresh)
+            boxes, scores, labels, probs = timed("mask", self._segment_reference, detected, features)
+        return timed("paste", self._paste_reference, boxes, scores, labels, probs, original_size)
+
+    def _segment_reference(self, detected: torch.Tensor, features: List[torch.Tensor]):
+        """Spec §5 for the detections of one image: ``(boxes, scores, labels, probs)``."""
         boxes, scores, labels = reference.detections_of_image(detected[0].cpu())
         features = [self.segmenter.encode_c0(features[0])] + list(features[1:])
-        probs = reference.segment(self.segmenter, features, boxes)
-        return self._paste_reference(boxes, scores, labels, probs, original_size)
+        return boxes, scores, labels, reference.segment(self.segmenter, features, boxes)
 
     def _paste_reference(self, boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor,
                          probs: List[Optional[torch.Tensor]], original_size: Tuple[int, int]) -> Instances:
@@ -255,3 +286,18 @@ class Predictor:
         masks = PatchMasks(patches, np.array(origins, np.int64).reshape(-1, 2), original_size)
         return Instances((boxes[keep] * self._box_scale(original_size)).numpy(), scores[keep].numpy(), masks,
                          labels[keep].numpy())
+
+    def export(self, path: Union[str, os.PathLike], format: str = "torchscript", **options) -> "os.PathLike":
+        """Write this predictor's fast pipeline (its models, input size, thresholds and mode;
+        independent of ``backend``) to ``path`` as ``format``: ``"torchscript"`` (``.pt``, the
+        whole pipeline), ``"aoti"`` (``.pt2``, detector + detection only; ``batch_size=``)
+        or ``"tensorrt"``; written atomically. Inputs are ``[B,3,H,W]`` network inputs, see
+        :mod:`ancis_fast.export` for each format's outputs and :func:`ancis_fast.export.load_exported`."""
+        from .export import export_predictor
+
+        return export_predictor(self, path, format, **options)
+
+
+def _untimed(stage: str, fn: Callable[..., Any], *args: Any) -> Any:
+    """The default :attr:`Predictor.stage_timer`: just run the stage."""
+    return fn(*args)

@@ -31,12 +31,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from ancis_fast import Instances, Predictor  # noqa: E402
+from ancis_fast.predictor import STAGES  # noqa: E402
 from ancis_fast.evaluate import Evaluator, box_iou  # noqa: E402
 from ancis_fast.models import build_detector, build_segmenter, default_weights  # noqa: E402
-from ancis_fast.pipeline import reference  # noqa: E402
-from ancis_fast.pipeline.preprocess import preprocess  # noqa: E402
 
-STAGES = ("preprocess", "detector", "detect", "mask", "paste")
 KNOWN_BACKENDS = ("reference", "eager", "torchscript", "compile", "tensorrt")
 
 
@@ -169,38 +167,15 @@ class Timer:
 
 
 def run_reference(p: Predictor, images: Sequence[np.ndarray], timer: Timer) -> List[Instances]:
-    results = []
-    for image in images:  # the release processes one image at a time
-        batch, original = timer("preprocess", p._prepare, image)
-        batch = batch.to(p.device)
-        with torch.inference_mode():
-            locs, conf, feats = timer("detector", p.detector, batch)
-            detected = timer("detect", reference.detect, locs, conf, p.priors, p.config.conf_thresh, p.config.nms_thresh)
-
-            def mask_stage():
-                boxes, scores, labels = reference.detections_of_image(detected[0].cpu())
-                features = [p.segmenter.encode_c0(feats[0])] + list(feats[1:])
-                return boxes, scores, labels, reference.segment(p.segmenter, features, boxes)
-
-            boxes, scores, labels, probs = timer("mask", mask_stage)
-
-        def paste():
-            return p._paste_reference(boxes, scores, labels, probs, original)
-
-        results.append(timer("paste", paste))
-    return results
+    """The release's flow: one image at a time, each stage timed by the Predictor itself."""
+    p.stage_timer = timer
+    return [p.predict(image) for image in images]
 
 
 def run_fast(p: Predictor, images: Sequence[np.ndarray], timer: Timer) -> List[Instances]:
-    prepared = [timer("preprocess", p._prepare, image) for image in images]
-    batch = torch.cat([b for b, _ in prepared]).to(p.device)
-    pipe = p.pipeline
-    with torch.inference_mode():
-        x = batch.contiguous(memory_format=torch.channels_last) if pipe.channels_last else batch
-        locs, conf, feats = timer("detector", pipe.detector, x)
-        det = timer("detect", pipe.detect, locs, conf)
-        probs, sizes = timer("mask", pipe.segment, x, feats, det)
-    return timer("paste", p._paste_fast, det, probs, sizes, [s for _, s in prepared])
+    """All images as one batch through the fast pipeline, each stage timed by the Predictor."""
+    p.stage_timer = timer
+    return p.predict_batch(list(images), batch_size=len(images))
 
 
 # ----------------------------------------------------------------------------- accuracy
@@ -248,11 +223,8 @@ def measure(p: Predictor, images, warmup: int, iters: int, device: torch.device)
 
 
 def make_predictor(backend: str, det: dict, seg: dict, size: int, device: torch.device, precision: str) -> Predictor:
-    if precision != "fp32":
-        raise RuntimeError(f"precision {precision} is not implemented yet for backend {backend}")
-    if backend not in ("reference", "eager", "torchscript"):
-        raise RuntimeError(f"backend {backend} is not available in this version")
-    return Predictor(det, seg, backend=backend, device=str(device), input_size=(size, size))
+    """The Predictor's own errors (no GPU, no TensorRT, fp16 on a CPU) become the row's status."""
+    return Predictor(det, seg, backend=backend, device=str(device), input_size=(size, size), precision=precision)
 
 
 def table(rows: List[Row]) -> str:
@@ -281,7 +253,7 @@ def run_grid(args, device, det, seg) -> List[Row]:
         reference_cache: Dict[int, Tuple[float, List[Instances]]] = {}
         for backend in ["reference"] + [b for b in args.backends if b != "reference"]:
             for batch in args.batch:
-                for precision in args.precision:
+                for precision in (["fp32"] if backend == "reference" else args.precision):
                     row = Row(backend, batch, size, precision)
                     rows.append(row) if backend in args.backends or backend == "reference" else None
                     try:
@@ -358,7 +330,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     split = lambda t: [s for s in t.split(",") if s]  # noqa: E731
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--backends", type=split, default=["reference", "eager", "torchscript"])
+    parser.add_argument("--backends", type=split, default=["reference", "eager", "torchscript", "tensorrt"],
+                        help="comma list of reference,eager,torchscript,compile,tensorrt (default: all but compile, "
+                             "whose first images compile for minutes on a CPU); one that cannot run gets a row saying why")
     parser.add_argument("--batch", type=lambda t: [int(v) for v in split(t)], default=[1])
     parser.add_argument("--sizes", type=lambda t: [int(v) for v in split(t)], default=[512])
     parser.add_argument("--precision", type=split, default=["fp32"])

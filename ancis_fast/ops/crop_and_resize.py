@@ -80,9 +80,19 @@ def level_crop_bounds(boxes: Tensor, input_size: Sequence[int],
         Bounds at levels ``>= num_levels`` are meaningless.
     """
     height, width = _checks.size2(input_size, "input_size", "level_crop_bounds")
+    sizes = [[int(h), int(w)] for h, w in level_sizes]
+    return level_crop_bounds_unchecked(boxes, [height, width], sizes)
+
+
+def level_crop_bounds_unchecked(boxes: Tensor, input_size: List[int],
+                                level_sizes: List[List[int]]) -> Tuple[Tensor, Tensor]:
+    """:func:`level_crop_bounds` without input checks; TorchScript-compatible."""
+    height, width = input_size[0], input_size[1]
     normalised = boxes / torch.tensor([height, width, height, width], dtype=boxes.dtype, device=boxes.device)
-    bounds, valid = [], []
-    for h, w in level_sizes:
+    bounds: List[Tensor] = []
+    valid: List[Tensor] = []
+    for size in level_sizes:
+        h, w = size[0], size[1]
         scale = torch.tensor([h, w, h, w], dtype=boxes.dtype, device=boxes.device)
         scaled = torch.round(normalised * scale)  # half to even, as the reference
         finite = torch.isfinite(scaled).all(dim=1)
@@ -91,7 +101,7 @@ def level_crop_bounds(boxes: Tensor, input_size: Sequence[int],
         y2, x2 = scaled[:, 2].clamp(max=h - 1), scaled[:, 3].clamp(max=w - 1)
         bounds.append(torch.stack([y1, x1, y2, x2], dim=1))
         valid.append(finite & (y2 - y1 >= 2) & (x2 - x1 >= 2))
-    if not bounds:
+    if len(bounds) == 0:
         empty = torch.zeros((boxes.shape[0],), dtype=torch.long, device=boxes.device)
         return torch.zeros((boxes.shape[0], 0, 4), dtype=torch.long, device=boxes.device), empty
     num_levels = torch.stack(valid, dim=1).to(torch.long).cumprod(dim=1).sum(dim=1)
@@ -174,4 +184,5 @@ def _sample(plane: Tensor, ty: Taps, tx: Taps) -> Tensor:
     return torch.where((vy[:, None] & vx[None, :]), val, torch.zeros_like(val))
 
 
-__all__: List[str] = ["crop_and_resize", "crop_and_resize_torch", "level_crop_bounds"]
+__all__: List[str] = ["crop_and_resize", "crop_and_resize_torch", "level_crop_bounds",
+                       "level_crop_bounds_unchecked"]

@@ -15,16 +15,17 @@ Differences from :mod:`ancis_fast.pipeline.reference` (same models, same maths):
     passes serve all boxes; masks approximate the reference (the issue's bound, mean
     IoU >= 0.95, is still to be checked with a trained model).
 
+- detection and the mask stage are one TorchScript-compatible implementation,
+  :class:`FastCore`: eagerly it calls the checked ``ops`` wrappers (with their pure-torch
+  fallbacks), scripted it calls ``torch.ops.ancis.*``; :mod:`ancis_fast.export` scripts it;
 - masks are pasted with ``ops.paste_masks`` (the spec §6 resize, threshold and nearest
   resize to the original size), in chunks so memory stays bounded.
 """
-from __future__ import annotations
-
+# No `from __future__ import annotations`: TorchScript reads FastCore's class annotations.
 import bisect
 import copy
-from collections import defaultdict
 from dataclasses import dataclass
-from typing import Dict, List, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -35,11 +36,13 @@ from ..backends.optimize import optimize_for_inference
 from ..backends.torchscript import script
 from ..masks import PatchMasks, tight_patch
 from ..models.priors import make_priors
+from ..ops.crop_and_resize import level_crop_bounds_unchecked
 
 MODES = ("fast", "exact")
 HALO = 2  # layer_c0 is two 3x3 convs: a 2-pixel halo makes the crop's features exact
 #: level-0 crop sizes (per axis) that ``mode="fast"`` resamples boxes to
 BUCKETS = (8, 12, 16, 20, 24, 28, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 256, 320, 384, 512)
+NUM_LEVELS = 5  # c0..c4
 PASTE_CHUNK = 64
 
 
@@ -66,102 +69,205 @@ def level_shape(size0: int, level: int) -> int:
     return max(3, int(round(size0 / 2**level)))
 
 
-class FastPipeline(nn.Module):
-    """Detector + detection + batched mask stage.
+# The op calls of FastCore: the native op when scripted (TorchScript cannot compile the
+# Python wrappers), the checked wrapper with its pure-torch fallback otherwise.
 
-    ``forward(x [B,3,H,W])`` returns :class:`Detections` and the mask probabilities
-    ``probs [K, h, w]`` (each box's valid top-left ``mask_sizes[k]`` region) ready for
-    :meth:`paste`. With ``scripted`` the detector and the mask network run as TorchScript.
-    ``prior_height``: see :class:`~ancis_fast.predictor.PredictorConfig`.
+@torch.jit.unused
+def _detect_padded_eager(locs: Tensor, conf: Tensor, priors: Tensor, conf_thresh: float, nms_thresh: float,
+                         pre_nms_top_k: Optional[int], max_det: int) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    return ops.detect_padded(locs, conf, priors, conf_thresh, nms_thresh, pre_nms_top_k, max_det)
+
+
+def _detect_padded(locs: Tensor, conf: Tensor, priors: Tensor, conf_thresh: float, nms_thresh: float,
+                   pre_nms_top_k: Optional[int], max_det: int) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    if torch.jit.is_scripting():
+        return torch.ops.ancis.detect(locs, conf, priors, conf_thresh, nms_thresh, pre_nms_top_k, max_det)
+    return _detect_padded_eager(locs, conf, priors, conf_thresh, nms_thresh, pre_nms_top_k, max_det)
+
+
+@torch.jit.unused
+def _crop_and_resize_eager(features: Tensor, boxes: Tensor, batch_idx: Tensor, out_size: List[int]) -> Tensor:
+    return ops.crop_and_resize(features, boxes, batch_idx, out_size, align_corners=True)
+
+
+def _crop_and_resize(features: Tensor, boxes: Tensor, batch_idx: Tensor, out_size: List[int]) -> Tensor:
+    """``ops.crop_and_resize(..., align_corners=True)``."""
+    if torch.jit.is_scripting():
+        return torch.ops.ancis.crop_and_resize(features, boxes, batch_idx, out_size, True)
+    return _crop_and_resize_eager(features, boxes, batch_idx, out_size)
+
+
+def _inside_axis(lo: Tensor, hi: Tensor, n: int, limit: int) -> Tensor:
+    """``[K, n]`` 1 where the ``n`` align-corners samples from ``lo`` to ``hi`` fall inside
+    ``[0, limit)`` (pixel centres), else 0."""
+    t = torch.arange(n, dtype=lo.dtype, device=lo.device)
+    pos = lo[:, None] + (hi - lo)[:, None] * t / max(n - 1, 1)
+    return ((pos > -0.5) & (pos < limit - 0.5)).to(lo.dtype)
+
+
+def _inside_image(boxes: Tensor, out_size: List[int], height: int, width: int) -> Tensor:
+    """``[K,1,h,w]`` 1 where an align-corners sample of ``boxes [K,4]`` falls inside the
+    ``height x width`` image, else 0 (the full-image convolution sees zero padding there)."""
+    ys = _inside_axis(boxes[:, 0], boxes[:, 2], out_size[0], height)
+    xs = _inside_axis(boxes[:, 1], boxes[:, 3], out_size[1], width)
+    return (ys[:, :, None] * xs[:, None, :])[:, None]
+
+
+class FastCore(nn.Module):
+    """Detector + fused detection + batched mask stage, TorchScript-compatible.
+
+    ``forward(x)`` takes ``x [B,3,H,W]`` float32 (BGR in [0, 1] at ``input_size``, as
+    :func:`~ancis_fast.pipeline.preprocess.preprocess` makes it) and returns the
+    detections of the whole batch, flattened:
+
+    - ``boxes [K,4]`` float32 ``(y1, x1, y2, x2)`` in network-input pixels,
+    - ``scores [K]`` float32, ``labels [K]`` int64 (>= 1), ``batch_idx [K]`` int64,
+      image by image, each image's boxes by descending score,
+    - ``probs [K,h,w]`` float32 mask probabilities, box ``k``'s in the top-left
+      ``mask_sizes[k]`` region (zero-padded),
+    - ``mask_sizes [K,2]`` int64 ``(h_k, w_k)``; ``(0, 0)``: no mask (box too thin).
+
+    Scripted (``ancis_fast.backends.torchscript.script``) it calls ``torch.ops.ancis.*``,
+    which ``import ancis_fast`` registers; eagerly it goes through :mod:`ancis_fast.ops`.
+    The modules are used as given (:class:`FastPipeline` prepares them).
     """
 
-    def __init__(self, detector: nn.Module, segmenter: nn.Module, input_size: Tuple[int, int],
+    input_size: Tuple[int, int]
+    conf_thresh: float
+    nms_thresh: float
+    mode: str
+    pre_nms_top_k: Optional[int]
+    max_det: int
+    channels_last: bool
+    halo: int
+    buckets: List[int]
+    bucket_lengths: List[List[int]]
+
+    def __init__(self, detector: nn.Module, segmenter: nn.Module, priors: Tensor, input_size: Tuple[int, int],
                  conf_thresh: float = 0.3, nms_thresh: float = 0.3, mode: str = "fast",
-                 pre_nms_top_k: int | None = 200, max_det: int = 500, channels_last: bool = True,
-                 scripted: bool = False, prior_height: int | None = None):
+                 pre_nms_top_k: Optional[int] = 200, max_det: int = 500, channels_last: bool = True):
         super().__init__()
         if mode not in MODES:
             raise ValueError(f"mode={mode!r}; expected one of {MODES}")
-        self.detector = optimize_for_inference(detector, channels_last=channels_last).eval()
-        self.segmenter = copy.deepcopy(segmenter).eval()
-        if scripted:
-            self.detector, self.segmenter = script(self.detector), script(self.segmenter)
-        self.input_size = tuple(input_size)
-        self.conf_thresh, self.nms_thresh = conf_thresh, nms_thresh
-        self.mode, self.pre_nms_top_k, self.max_det = mode, pre_nms_top_k, max_det
+        self.detector, self.segmenter = detector, segmenter
+        self.input_size = (int(input_size[0]), int(input_size[1]))
+        self.conf_thresh, self.nms_thresh = float(conf_thresh), float(nms_thresh)
+        self.mode, self.pre_nms_top_k, self.max_det = mode, pre_nms_top_k, int(max_det)
         self.channels_last = channels_last
-        self.register_buffer("priors", make_priors(*self.input_size, scale_height=prior_height).clone(), persistent=False)
+        self.halo = HALO
+        self.buckets = list(BUCKETS)
+        # bucket_lengths[i][level]: crop length on ``level`` of bucket i (level_shape)
+        self.bucket_lengths = [[level_shape(b, level) for level in range(NUM_LEVELS)] for b in BUCKETS]
+        self.register_buffer("priors", priors, persistent=False)
 
-    @torch.inference_mode()
-    def forward(self, x: Tensor) -> Tuple[Detections, Tensor, Tensor]:
+    def core(self) -> "FastCore":
+        """A plain :class:`FastCore` sharing this one's modules and settings (to script or export)."""
+        return FastCore(self.detector, self.segmenter, self.priors, self.input_size, self.conf_thresh,
+                        self.nms_thresh, self.mode, self.pre_nms_top_k, self.max_det, self.channels_last)
+
+    def forward(self, x: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+        with torch.no_grad():
+            x, locs, conf, features = self.run_detector(x)
+            boxes, scores, labels, batch_idx = self.detect_flat(locs, conf)
+            probs, mask_sizes = self.segment_flat(x, features, boxes, batch_idx)
+        return boxes, scores, labels, batch_idx, probs, mask_sizes
+
+    def run_detector(self, x: Tensor) -> Tuple[Tensor, Tensor, Tensor, List[Tensor]]:
+        """Checks ``x [B,3,H,W]``; returns it (channels-last when configured) with the
+        detector's ``locs [B,P,4]``, ``conf [B,P,C]`` and features ``[c0..c4]``."""
+        if x.dim() != 4 or x.shape[1] != 3 or x.shape[2] != self.input_size[0] or x.shape[3] != self.input_size[1]:
+            raise ValueError(f"input has shape {list(x.shape)}; expected [B, 3, {self.input_size[0]}, "
+                             f"{self.input_size[1]}] (the model's input size, see pipeline.preprocess)")
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         locs, conf, features = self.detector(x)
-        detections = self.detect(locs, conf)
-        probs, mask_sizes = self.segment(x, features, detections)
-        return detections, probs, mask_sizes
+        return x, locs, conf, features
 
-    def detect(self, locs: Tensor, conf: Tensor) -> Detections:
-        boxes, scores, labels, counts = ops.detect_padded(
-            locs.float(), conf.float(), self.priors, self.conf_thresh, self.nms_thresh, self.pre_nms_top_k, self.max_det)
+    def detect_padded(self, locs: Tensor, conf: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+        """``ops.detect_padded`` with this model's priors and thresholds: ``boxes [B,M,4]``,
+        ``scores [B,M]``, ``labels [B,M]``, ``counts [B]`` (fixed sizes, export-friendly)."""
+        return _detect_padded(locs.float(), conf.float(), self.priors, self.conf_thresh, self.nms_thresh,
+                              self.pre_nms_top_k, self.max_det)
+
+    def detect_flat(self, locs: Tensor, conf: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Detections of the batch flattened: ``boxes [K,4]``, ``scores [K]``, ``labels [K]``,
+        ``batch_idx [K]``."""
+        boxes, scores, labels, counts = self.detect_padded(locs, conf)
         valid = torch.arange(boxes.shape[1], device=boxes.device)[None, :] < counts[:, None]
         batch_idx = torch.arange(boxes.shape[0], device=boxes.device)[:, None].expand_as(valid)
-        return Detections(boxes[valid], scores[valid], labels[valid], batch_idx[valid])
+        return boxes[valid], scores[valid], labels[valid], batch_idx[valid]
 
-    def segment(self, image: Tensor, features: List[Tensor], det: Detections) -> Tuple[Tensor, Tensor]:
-        """Mask probabilities of every detection: ``probs [K, h, w]`` (zero-padded) and
-        ``mask_sizes [K, 2]`` (valid size; 0 = no mask, as the reference's no-level boxes)."""
-        k = det.boxes.shape[0]
+    def segment_flat(self, image: Tensor, features: List[Tensor], boxes: Tensor,
+                     batch_idx: Tensor) -> Tuple[Tensor, Tensor]:
+        """Mask probabilities of boxes ``[K,4]`` (input pixels) of images ``batch_idx [K]``:
+        ``probs [K,h,w]`` (zero-padded) and ``mask_sizes [K,2]`` (valid size; 0 = no mask,
+        as the reference's no-level boxes)."""
+        k = boxes.shape[0]
         # the crop kernels read NCHW; one conversion per level beats one per crop call
-        image, features = image.contiguous(), [f.contiguous() for f in features]
-        level_sizes = [tuple(image.shape[-2:])] + [tuple(f.shape[-2:]) for f in features[1:]]
-        bounds, num_levels = ops.level_crop_bounds(det.boxes.float(), self.input_size, level_sizes)
-        groups = self._groups(bounds, num_levels)
-        if not groups:
-            return image.new_zeros((k, 1, 1)), torch.zeros((k, 2), dtype=torch.long, device=image.device)
-        outputs = [(members, self._decode_group(image, features, det.batch_idx, bounds, members, key))
-                   for key, members in groups.items()]
-        height = max(p.shape[-2] for _, p in outputs)
-        width = max(p.shape[-1] for _, p in outputs)
-        probs = image.new_zeros((k, height, width))
+        image = image.contiguous()
+        features = [f.contiguous() for f in features]
+        level_sizes = [[image.shape[-2], image.shape[-1]]] + [[f.shape[-2], f.shape[-1]] for f in features[1:]]
+        bounds, num_levels = level_crop_bounds_unchecked(boxes.float(), [self.input_size[0], self.input_size[1]],
+                                                         level_sizes)
+        members, group_probs = self._decode_groups(image, features, batch_idx, bounds, num_levels)
         mask_sizes = torch.zeros((k, 2), dtype=torch.long, device=image.device)
-        for members, group_probs in outputs:
-            index = torch.tensor(members, device=image.device)
-            probs[index, : group_probs.shape[-2], : group_probs.shape[-1]] = group_probs[:, 0]
-            mask_sizes[index] = torch.tensor(group_probs.shape[-2:], device=image.device)
+        if len(members) == 0:
+            return image.new_zeros((k, 1, 1)), mask_sizes
+        height, width = 1, 1
+        for p in group_probs:
+            height, width = max(height, p.shape[-2]), max(width, p.shape[-1])
+        probs = image.new_zeros((k, height, width))
+        for index, p in zip(members, group_probs):
+            probs[index, : p.shape[-2], : p.shape[-1]] = p[:, 0].to(probs.dtype)
+            mask_sizes[index] = torch.tensor([p.shape[-2], p.shape[-1]], device=image.device)
         return probs, mask_sizes
 
-    def _groups(self, bounds: Tensor, num_levels: Tensor) -> Dict[tuple, List[int]]:
-        """Boxes that can share a decoder pass: same level count and crop shapes (exact) or
-        same level count and size bucket (fast)."""
-        sizes = (bounds[..., 2:] - bounds[..., :2] + 1).cpu().tolist()  # [K, 5, 2]
-        groups: Dict[tuple, List[int]] = defaultdict(list)
-        for i, levels in enumerate(num_levels.cpu().tolist()):
-            if levels == 0:
+    def _decode_groups(self, image: Tensor, features: List[Tensor], batch_idx: Tensor, bounds: Tensor,
+                       num_levels: Tensor) -> Tuple[List[Tensor], List[Tensor]]:
+        """One decoder pass per group of boxes with equal :meth:`_group_keys`: the members
+        ``[G]`` and mask probabilities ``[G,1,h,w]`` of every group."""
+        members: List[Tensor] = []
+        outputs: List[Tensor] = []
+        if bounds.shape[0] == 0:
+            return members, outputs
+        keys, inverse = torch.unique(self._group_keys(bounds, num_levels), dim=0, return_inverse=True)
+        rows: List[List[int]] = keys.cpu().tolist()
+        for g, row in enumerate(rows):
+            if row[0] == 0:  # no level: no mask
                 continue
-            if self.mode == "exact":
-                key = tuple(tuple(s) for s in sizes[i][:levels])
-            else:
-                key = (levels, bucket_size(sizes[i][0][0]), bucket_size(sizes[i][0][1]))
-            groups[key].append(i)
-        return groups
+            index = (inverse == g).nonzero().flatten()
+            members.append(index)
+            outputs.append(self._decode_group(image, features, batch_idx[index], bounds[index], self._shapes(row)))
+        return members, outputs
+
+    def _group_keys(self, bounds: Tensor, num_levels: Tensor) -> Tensor:
+        """``[K, D]`` int64: boxes that can share a decoder pass have equal rows. Exact: the
+        level count and the crop shapes of the used levels; fast: the level count and the
+        level-0 size bucket indices."""
+        sizes = bounds[..., 2:] - bounds[..., :2] + 1  # [K, L, 2]
+        if self.mode == "exact":
+            used = torch.arange(sizes.shape[1], device=sizes.device)[None, :] < num_levels[:, None]
+            return torch.cat([num_levels[:, None], (sizes * used[:, :, None]).flatten(1)], dim=1)
+        buckets = torch.tensor(self.buckets, dtype=sizes.dtype, device=sizes.device)
+        index = torch.bucketize(sizes[:, 0].contiguous(), buckets).clamp(max=len(self.buckets) - 1)  # bisect_left
+        return torch.cat([num_levels[:, None], index], dim=1)
+
+    def _shapes(self, key: List[int]) -> List[List[int]]:
+        """Crop ``[h, w]`` per used level of a group key (see :meth:`_group_keys`)."""
+        levels = key[0]
+        if self.mode == "exact":
+            return [[key[1 + 2 * level], key[2 + 2 * level]] for level in range(levels)]
+        rows, cols = self.bucket_lengths[key[1]], self.bucket_lengths[key[2]]
+        return [[rows[level], cols[level]] for level in range(levels)]
 
     def _decode_group(self, image: Tensor, features: List[Tensor], batch_idx: Tensor, bounds: Tensor,
-                      members: List[int], key: tuple) -> Tensor:
-        index = torch.tensor(members, device=image.device)
-        group_bounds, group_batch = bounds[index], batch_idx[index]
-        if self.mode == "exact":
-            shapes = list(key)
-        else:
-            levels, height, width = key
-            shapes = [(level_shape(height, i), level_shape(width, i)) for i in range(levels)]
-        crops = [self._c0_crops(image, group_bounds[:, 0], group_batch, shapes[0])]
-        for level, shape in enumerate(shapes[1:], start=1):
-            crops.append(ops.crop_and_resize(features[level], group_bounds[:, level], group_batch, shape,
-                                             align_corners=True))
+                      shapes: List[List[int]]) -> Tensor:
+        crops = [self._c0_crops(image, bounds[:, 0], batch_idx, shapes[0])]
+        for level in range(1, len(shapes)):
+            crops.append(_crop_and_resize(features[level], bounds[:, level], batch_idx, shapes[level]))
         return self.segmenter(crops)
 
-    def _c0_crops(self, image: Tensor, bounds: Tensor, batch_idx: Tensor, shape: Tuple[int, int]) -> Tensor:
+    def _c0_crops(self, image: Tensor, bounds: Tensor, batch_idx: Tensor, shape: List[int]) -> Tensor:
         """``layer_c0`` features of the level-0 crops, computed on crops with a halo.
 
         The halo crop is sampled on the same grid as the crop (``align_corners=True`` steps
@@ -169,30 +275,55 @@ class FastPipeline(nn.Module):
         that is the image itself, so exact mode is exact away from the image border, and the
         border is zero-padded like the full-image convolution.
         """
-        out_h, out_w = shape
+        out_h, out_w, halo = shape[0], shape[1], self.halo
         b = bounds.to(image.dtype)
         step_y = (b[:, 2] - b[:, 0]) / max(out_h - 1, 1)
         step_x = (b[:, 3] - b[:, 1]) / max(out_w - 1, 1)
-        halo_boxes = torch.stack([b[:, 0] - HALO * step_y, b[:, 1] - HALO * step_x,
-                                  b[:, 2] + HALO * step_y, b[:, 3] + HALO * step_x], dim=1)
-        halo_size = (out_h + 2 * HALO, out_w + 2 * HALO)
-        inside = self._inside_image(halo_boxes, halo_size, image.shape[-2:])
-        halo = ops.crop_and_resize(image, halo_boxes, batch_idx, halo_size, align_corners=True) * inside
-        features = self.segmenter.encode_c0(halo, inside)
-        return features[:, :, HALO : HALO + out_h, HALO : HALO + out_w]
+        halo_boxes = torch.stack([b[:, 0] - halo * step_y, b[:, 1] - halo * step_x,
+                                  b[:, 2] + halo * step_y, b[:, 3] + halo * step_x], dim=1)
+        halo_size = [out_h + 2 * halo, out_w + 2 * halo]
+        inside = _inside_image(halo_boxes, halo_size, image.shape[-2], image.shape[-1])
+        crops = _crop_and_resize(image, halo_boxes, batch_idx, halo_size) * inside
+        features = self.segmenter.encode_c0(crops, inside)
+        return features[:, :, halo : halo + out_h, halo : halo + out_w]
 
-    @staticmethod
-    def _inside_image(boxes: Tensor, out_size: Tuple[int, int], image_size: Sequence[int]) -> Tensor:
-        """``[K,1,h,w]`` 1 where an align-corners sample falls inside the image, else 0
-        (the full-image convolution sees zero padding there)."""
-        def axis(lo: Tensor, hi: Tensor, n: int, limit: int) -> Tensor:
-            t = torch.arange(n, dtype=boxes.dtype, device=boxes.device)
-            pos = lo[:, None] + (hi - lo)[:, None] * t / max(n - 1, 1)
-            return ((pos > -0.5) & (pos < limit - 0.5)).to(boxes.dtype)
 
-        ys = axis(boxes[:, 0], boxes[:, 2], out_size[0], int(image_size[0]))
-        xs = axis(boxes[:, 1], boxes[:, 3], out_size[1], int(image_size[1]))
-        return (ys[:, :, None] * xs[:, None, :])[:, None]
+class FastPipeline(FastCore):
+    """Detector + detection + batched mask stage (the fast backends' pipeline).
+
+    ``forward(x [B,3,H,W])`` returns :class:`Detections` and the mask probabilities
+    ``probs [K, h, w]`` (each box's valid top-left ``mask_sizes[k]`` region) ready for
+    :meth:`paste`; the computation is :class:`FastCore`'s. With ``scripted`` the detector
+    and the mask network run as TorchScript.
+    ``prior_height``: see :class:`~ancis_fast.predictor.PredictorConfig`.
+    """
+
+    def __init__(self, detector: nn.Module, segmenter: nn.Module, input_size: Tuple[int, int],
+                 conf_thresh: float = 0.3, nms_thresh: float = 0.3, mode: str = "fast",
+                 pre_nms_top_k: int | None = 200, max_det: int = 500, channels_last: bool = True,
+                 scripted: bool = False, prior_height: int | None = None):
+        if mode not in MODES:
+            raise ValueError(f"mode={mode!r}; expected one of {MODES}")
+        detector = optimize_for_inference(detector, channels_last=channels_last).eval()
+        segmenter = copy.deepcopy(segmenter).eval()
+        if scripted:
+            detector, segmenter = script(detector), script(segmenter)
+        priors = make_priors(*input_size, scale_height=prior_height).clone()
+        super().__init__(detector, segmenter, priors, tuple(input_size), conf_thresh, nms_thresh, mode,
+                         pre_nms_top_k, max_det, channels_last)
+
+    @torch.inference_mode()
+    def forward(self, x: Tensor) -> Tuple[Detections, Tensor, Tensor]:  # type: ignore[override]
+        boxes, scores, labels, batch_idx, probs, mask_sizes = super().forward(x)
+        return Detections(boxes, scores, labels, batch_idx), probs, mask_sizes
+
+    def detect(self, locs: Tensor, conf: Tensor) -> Detections:
+        """:meth:`FastCore.detect_flat` as :class:`Detections`."""
+        return Detections(*self.detect_flat(locs, conf))
+
+    def segment(self, image: Tensor, features: List[Tensor], det: Detections) -> Tuple[Tensor, Tensor]:
+        """Mask probabilities of every detection (see :meth:`FastCore.segment_flat`)."""
+        return self.segment_flat(image, features, det.boxes, det.batch_idx)
 
     def paste(self, det: Detections, probs: Tensor, mask_sizes: Tensor, original_size: Tuple[int, int],
               seg_thresh: float) -> PatchMasks:

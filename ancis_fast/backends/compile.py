@@ -1,0 +1,94 @@
+"""``torch.compile`` backend: the fast pipeline's detector and mask decoder, compiled.
+
+The pipeline's code is unchanged: its ``detector`` and ``segmenter`` modules are replaced by
+wrappers with the same interface whose forward passes run compiled.
+
+- Detector: static shapes (``dynamic=False``; a batch size compiles once). On a GPU
+  ``mode="max-autotune"``, which also captures CUDA graphs.
+- Mask decoder: one call per group of boxes, with a different box count and (fast mode:
+  a few, exact mode: many) crop sizes every call, so every dimension is dynamic
+  (``dynamic=True``) and the graph is compiled once per number of pyramid levels (1 to 5).
+  Duck shaping (equal sizes share one symbol) is off for it: it would specialise square
+  crops and recompile for every non-square one, until the recompile limit.
+  On a GPU ``mode="max-autotune-no-cudagraphs"``: CUDA graphs would be re-recorded for
+  every new group shape and sequence of groups, costing more than they save.
+- ``encode_c0`` (two convolutions on the level-0 crops) stays eager.
+"""
+from __future__ import annotations
+
+from typing import List, Optional, Tuple
+
+import torch
+import torch._dynamo.config as dynamo_config
+import torch.fx.experimental._config as shape_config
+from torch import Tensor, nn
+
+#: decoder graphs: one per level count (1..5), with margin
+DECODER_RECOMPILE_LIMIT = 16
+
+
+def detector_mode(device: torch.device) -> Optional[str]:
+    """``torch.compile`` mode of the detector on ``device`` (``None``: the default mode)."""
+    return "max-autotune" if device.type == "cuda" else None
+
+
+def decoder_mode(device: torch.device) -> Optional[str]:
+    """``torch.compile`` mode of the mask decoder on ``device``."""
+    return "max-autotune-no-cudagraphs" if device.type == "cuda" else None
+
+
+class CompiledDetector(nn.Module):
+    """``detector`` with a compiled forward (same inputs and outputs)."""
+
+    def __init__(self, detector: nn.Module, device: torch.device):
+        super().__init__()
+        self.detector = detector
+        self.cuda_graphs = device.type == "cuda"
+        self._forward = torch.compile(detector.forward, mode=detector_mode(device), dynamic=False)
+
+    def forward(self, x: Tensor) -> Tuple[Tensor, Tensor, List[Tensor]]:
+        if self.cuda_graphs:
+            # a new inference: the previous call's outputs (graph memory) are no longer used
+            torch.compiler.cudagraph_mark_step_begin()
+        return self._forward(x)
+
+
+class CompiledSegmenter(nn.Module):
+    """``segmenter`` with a compiled ``forward`` (the mask decoder), ``encode_c0`` eager.
+
+    ``forward(crops)``: the level crops ``[K, C_i, h_i, w_i]`` of K boxes -> mask
+    probabilities ``[K, 1, h_0, w_0]``, as :class:`~ancis_fast.models.segmenter.Segmenter`.
+    """
+
+    def __init__(self, segmenter: nn.Module, device: torch.device):
+        super().__init__()
+        self.segmenter = segmenter
+        self._decode = torch.compile(segmenter.forward, mode=decoder_mode(device), dynamic=True)
+
+    def forward(self, crops: List[Tensor]) -> Tensor:
+        if crops[0].shape[0] == 1:
+            # a size-1 dimension is always specialised: run one box as two so that single
+            # boxes share the graph of groups instead of compiling their own
+            crops = [torch.cat([c, c]) for c in crops]
+            return self._run(crops)[:1]
+        return self._run(crops)
+
+    def _run(self, crops: List[Tensor]) -> Tensor:
+        # the settings are read when a graph is compiled, i.e. within this call
+        with shape_config.patch(use_duck_shape=False), dynamo_config.patch(recompile_limit=DECODER_RECOMPILE_LIMIT):
+            return self._decode(crops)
+
+    def encode_c0(self, image: Tensor, inside: Optional[Tensor] = None) -> Tensor:
+        return self.segmenter.encode_c0(image, inside)
+
+    def decode_logits(self, crops: List[Tensor]) -> Tensor:
+        return self.segmenter.decode_logits(crops)
+
+
+def compile_pipeline(pipeline: nn.Module, device: torch.device) -> nn.Module:
+    """Wrap ``pipeline.detector`` and ``pipeline.segmenter`` (a
+    :class:`~ancis_fast.pipeline.fast.FastPipeline`) in place; compilation happens lazily,
+    on the first image. Returns ``pipeline``."""
+    pipeline.detector = CompiledDetector(pipeline.detector, device)
+    pipeline.segmenter = CompiledSegmenter(pipeline.segmenter, device)
+    return pipeline

@@ -1,0 +1,42 @@
+"""Turns a :class:`~ancis_fast.pipeline.fast.FastPipeline` into a given backend and precision
+by replacing its ``detector`` / ``segmenter`` modules with wrappers (same interface)."""
+from __future__ import annotations
+
+from typing import Any, Dict, Optional
+
+import torch
+from torch import nn
+
+from .precision import CastDetector, CastSegmenter, resolve_precision
+from .torchscript import script
+
+#: execution paths of :class:`~ancis_fast.Predictor`; all but ``reference`` run a FastPipeline
+BACKENDS = ("reference", "eager", "torchscript", "compile", "tensorrt")
+
+
+def configure_pipeline(pipeline: nn.Module, backend: str, precision: str, device: torch.device,
+                       tensorrt_options: Optional[Dict[str, Any]] = None) -> nn.Module:
+    """Apply ``precision`` (``fp32``/``fp16``/``bf16``) and ``backend`` (``eager``,
+    ``torchscript`` - the pipeline was built scripted -, ``compile``, ``tensorrt``) to
+    ``pipeline`` in place; ``tensorrt_options`` go to
+    :func:`~ancis_fast.backends.tensorrt.tensorrt_detector`. Returns ``pipeline``."""
+    if backend not in BACKENDS[1:]:
+        raise ValueError(f"backend={backend!r} has no fast pipeline; choose one of {BACKENDS[1:]}")
+    dtype = resolve_precision(precision, device, backend)
+    low = dtype != torch.float32
+    if backend == "tensorrt":
+        from .tensorrt import tensorrt_detector
+
+        pipeline.detector = tensorrt_detector(pipeline.detector, pipeline.input_size, device, precision,
+                                              **(tensorrt_options or {}))
+    elif low:
+        pipeline.detector = CastDetector(pipeline.detector, dtype)
+    if low:
+        pipeline.segmenter = CastSegmenter(pipeline.segmenter, dtype)
+    if backend == "torchscript" and low:
+        pipeline.detector, pipeline.segmenter = script(pipeline.detector), script(pipeline.segmenter)
+    if backend == "compile":
+        from .compile import compile_pipeline
+
+        compile_pipeline(pipeline, device)
+    return pipeline

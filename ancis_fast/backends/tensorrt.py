@@ -1,0 +1,238 @@
+"""TensorRT backend: the BN-folded detector compiled by Torch-TensorRT, engines cached on disk.
+
+Only the detector (the whole-image network: ~all of the FLOPs) becomes a TensorRT engine;
+detection (NMS: data-dependent output sizes) and the mask stage stay in PyTorch.
+
+The engine is built with ``torch_tensorrt.compile(..., ir="dynamo")`` for a batch range
+(min, opt, max) at a fixed input size and saved with ``torch_tensorrt.save(...,
+output_format="exported_program")`` under a key of everything the engine depends on (weights,
+shapes, precision, torch / Torch-TensorRT / TensorRT versions, GPU), so a later
+``Predictor(backend="tensorrt")`` loads it in seconds instead of building for minutes.
+Cache folder: ``$ANCIS_FAST_TENSORRT_CACHE`` or ``~/.cache/ancis_fast/tensorrt``.
+
+Needs an NVIDIA GPU and ``pip install .[tensorrt]`` (``torch-tensorrt`` + ``tensorrt``
+matching the installed torch).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import warnings
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+import torch
+from torch import Tensor, nn
+
+from .optimize import optimize_for_inference
+from .precision import check_precision
+
+CACHE_ENV = "ANCIS_FAST_TENSORRT_CACHE"
+DEFAULT_CACHE_DIR = Path("~/.cache/ancis_fast/tensorrt")
+#: (min, opt, max) batch sizes of the engine: single images are the common case, and
+#: ``predict_batch``'s default batch is 8; larger batches run in chunks of ``max``
+DEFAULT_BATCH_RANGE = (1, 1, 8)
+#: the native ``ancis`` operators: forced to run in PyTorch should a graph contain them
+NATIVE_OPS = frozenset(f"torch.ops.ancis.{name}.default" for name in (
+    "decode", "detect", "nms", "batched_nms", "crop_and_resize", "paste_masks", "paste_labels"))
+BatchRange = Tuple[int, int, int]
+
+
+class TensorRTUnavailableError(ImportError):
+    """``torch_tensorrt`` cannot be imported."""
+
+
+def import_torch_tensorrt() -> ModuleType:
+    """``torch_tensorrt``, or a :class:`TensorRTUnavailableError` saying how to install it."""
+    try:
+        import torch_tensorrt
+    except ImportError as exc:
+        raise TensorRTUnavailableError(
+            f"backend='tensorrt' needs the torch_tensorrt package ({exc}): `pip install .[tensorrt]` "
+            f"(torch-tensorrt and tensorrt matching torch {torch.__version__}) on a machine with an NVIDIA GPU; "
+            f"otherwise use backend='compile' or 'eager'") from exc
+    return torch_tensorrt
+
+
+def cache_dir(path: Union[str, os.PathLike, None] = None) -> Path:
+    """The engine cache folder: ``path``, else ``$ANCIS_FAST_TENSORRT_CACHE``, else the default."""
+    return Path(path or os.environ.get(CACHE_ENV) or DEFAULT_CACHE_DIR).expanduser()
+
+
+def check_batch_range(batch_range: Sequence[int]) -> BatchRange:
+    """``(min, opt, max)`` with ``1 <= min <= opt <= max``, else ``ValueError``."""
+    values = tuple(int(b) for b in batch_range)
+    if len(values) != 3 or not 1 <= values[0] <= values[1] <= values[2]:
+        raise ValueError(f"batch_range={tuple(batch_range)}; expected (min, opt, max) with 1 <= min <= opt <= max")
+    return values  # type: ignore[return-value]
+
+
+def weights_digest(module: nn.Module) -> str:
+    """SHA-256 of every parameter and buffer of ``module`` (names, dtypes, shapes, values)."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        tensor = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def runtime_versions() -> Dict[str, str]:
+    """Versions an engine is only valid for: torch, torch_tensorrt and TensorRT."""
+    versions = {"torch": torch.__version__}
+    for package in ("torch_tensorrt", "tensorrt"):
+        try:
+            versions[package] = __import__(package).__version__
+        except ImportError:
+            versions[package] = "missing"
+    return versions
+
+
+def gpu_name(device: torch.device) -> str:
+    """The GPU's name and compute capability (engines are built for one GPU model)."""
+    major, minor = torch.cuda.get_device_capability(device)
+    return f"{torch.cuda.get_device_name(device)} sm_{major}{minor}"
+
+
+def cache_key(weights: str, input_size: Sequence[int], batch_range: Sequence[int], precision: str,
+              versions: Mapping[str, str], gpu: str) -> str:
+    """Hex key of an engine: changes when any of the things it was built for changes."""
+    fields = {"weights": weights, "input_size": [int(s) for s in input_size],
+              "batch_range": [int(b) for b in batch_range], "precision": precision,
+              "versions": dict(sorted(versions.items())), "gpu": gpu}
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
+
+
+def input_spec(torch_tensorrt: ModuleType, input_size: Sequence[int], batch_range: Sequence[int],
+               dtype: torch.dtype) -> Any:
+    """``torch_tensorrt.Input`` of the image batch ``[B, 3, H, W]``, B in ``batch_range``."""
+    low, opt, high = check_batch_range(batch_range)
+    height, width = input_size
+    return torch_tensorrt.Input(min_shape=(low, 3, height, width), opt_shape=(opt, 3, height, width),
+                                max_shape=(high, 3, height, width), dtype=dtype, name="x")
+
+
+class DetectorCore(nn.Module):
+    """What the engine computes: ``x [B,3,H,W]`` -> ``(locs, conf, c1, c2, a3, a4)``.
+
+    The detector's feature list starts with its own input ``x``; an engine output that is an
+    input is avoided, and the list is flattened for ``torch.export``.
+    """
+
+    def __init__(self, detector: nn.Module):
+        super().__init__()
+        self.detector = detector
+
+    def forward(self, x: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+        locs, conf, features = self.detector(x)
+        return locs, conf, features[1], features[2], features[3], features[4]
+
+
+class TensorRTDetector(nn.Module):
+    """The engine behind the detector's interface: ``x [B,3,H,W]`` fp32 (any B: batches
+    above the engine's maximum run in chunks) -> ``locs, conf, [x, c1, c2, a3, a4]``, fp32.
+
+    ``path`` is the engine file (an exported program, ``torch_tensorrt.load(path).module()``).
+    """
+
+    def __init__(self, engine: nn.Module, dtype: torch.dtype, max_batch: int, path: Path):
+        super().__init__()
+        self.engine, self.dtype, self.max_batch, self.path = engine, dtype, max_batch, path
+
+    def forward(self, x: Tensor) -> Tuple[Tensor, Tensor, List[Tensor]]:
+        chunks = [self.engine(part.to(self.dtype).contiguous()) for part in x.split(self.max_batch)]
+        outputs = [torch.cat([chunk[i] for chunk in chunks]).float() for i in range(len(chunks[0]))]
+        return outputs[0], outputs[1], [x] + outputs[2:]
+
+
+def _as_module(loaded: Any) -> nn.Module:
+    """``torch_tensorrt.load`` gives an ExportedProgram (call its ``.module()``)."""
+    return loaded if isinstance(loaded, nn.Module) else loaded.module()
+
+
+def _build(torch_tensorrt: ModuleType, core: nn.Module, spec: Any, dtype: torch.dtype, path: Path) -> nn.Module:
+    """Compile ``core`` and save it to ``path`` atomically (temp file, then rename)."""
+    engine = torch_tensorrt.compile(
+        core, ir="dynamo", inputs=[spec],
+        # TensorRT >= 10 is strongly typed: the weights' and inputs' dtype decide; older
+        # weak-typed versions read enabled_precisions
+        enabled_precisions={dtype},
+        torch_executed_ops=set(NATIVE_OPS),
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
+    try:
+        torch_tensorrt.save(engine, str(temp), output_format="exported_program", arg_inputs=[spec], retrace=True)
+        os.replace(temp, path)
+    finally:
+        temp.unlink(missing_ok=True)
+    return engine
+
+
+def _require_cuda(device: torch.device) -> None:
+    if device.type != "cuda" or not torch.cuda.is_available():
+        raise ValueError(f"backend='tensorrt' on device={str(device)!r}: TensorRT runs on NVIDIA GPUs only; "
+                         f"use device='cuda' on a machine with one, or backend='compile' or 'eager' here")
+
+
+def tensorrt_detector(detector: nn.Module, input_size: Sequence[int], device: Union[str, torch.device],
+                      precision: str = "fp32", batch_range: Sequence[int] = DEFAULT_BATCH_RANGE,
+                      cache: Union[str, os.PathLike, None] = None) -> TensorRTDetector:
+    """A TensorRT engine of ``detector`` (already BN-folded: see
+    :func:`~ancis_fast.backends.optimize.optimize_for_inference`) for ``[B, 3, *input_size]``
+    images, B in ``batch_range`` = (min, opt, max), running in ``precision``.
+
+    Loads the engine from the cache folder (see :func:`cache_dir`) when one was built for
+    the same weights, shapes, precision, versions and GPU; else builds and caches it.
+    ``detector``'s weights are cast to the precision in place.
+    """
+    device = torch.device(device)
+    _require_cuda(device)
+    torch_tensorrt = import_torch_tensorrt()
+    dtype, batch_range = check_precision(precision), check_batch_range(batch_range)
+    key = cache_key(weights_digest(detector), input_size, batch_range, precision, runtime_versions(), gpu_name(device))
+    path = cache_dir(cache) / f"detector-{key[:32]}.ep"
+    core = DetectorCore(detector.to(device, dtype).eval())
+    spec = input_spec(torch_tensorrt, input_size, batch_range, dtype)
+    engine = _load_cached(torch_tensorrt, path)
+    if engine is None:
+        engine = _build(torch_tensorrt, core, spec, dtype, path)
+    return TensorRTDetector(engine, dtype, batch_range[2], path)
+
+
+def _load_cached(torch_tensorrt: ModuleType, path: Path) -> Optional[nn.Module]:
+    if not path.exists():
+        return None
+    try:
+        return _as_module(torch_tensorrt.load(str(path)))
+    except Exception as exc:  # a truncated or incompatible file is rebuilt, not fatal
+        warnings.warn(f"ignoring the cached TensorRT engine {path} ({exc}); rebuilding it")
+        return None
+
+
+def export_tensorrt(predictor: Any, out_path: Union[str, os.PathLike],
+                    batch_range: Sequence[int] = DEFAULT_BATCH_RANGE, cache: Union[str, os.PathLike, None] = None) -> Path:
+    """Write the TensorRT engine of ``predictor``'s detector to ``out_path`` and return it.
+
+    The file is a Torch-TensorRT exported program (``torch_tensorrt.save(...,
+    output_format="exported_program")``); ``torch_tensorrt.load(out_path).module()`` gives a
+    module mapping ``x [B, 3, H, W]`` (B in ``batch_range``, H x W = the predictor's input size,
+    dtype = its precision, BGR in [0, 1]) to ``(locs, conf, c1, c2, a3, a4)`` (see
+    :class:`DetectorCore`). Built (or taken from the engine cache) on the predictor's device,
+    which must be an NVIDIA GPU; the predictor may use any backend.
+    """
+    folded = optimize_for_inference(predictor.detector, channels_last=True).eval()
+    trt = tensorrt_detector(folded, predictor.config.input_size, predictor.device,
+                            predictor.config.precision, batch_range, cache)
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    temp = out_path.with_name(f".{out_path.name}.{os.getpid()}.tmp")
+    try:
+        shutil.copyfile(trt.path, temp)
+        os.replace(temp, out_path)
+    finally:
+        temp.unlink(missing_ok=True)
+    return out_path

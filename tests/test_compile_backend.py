@@ -1,0 +1,57 @@
+"""``backend="compile"``: torch.compile'd detector and mask decoder against eager."""
+import numpy as np
+import pytest
+import torch
+
+from ancis_fast import Predictor
+from ancis_fast.backends.compile import CompiledDetector, CompiledSegmenter
+from ancis_fast.models.segmenter import Segmenter
+from ancis_fast.predictor import PredictorConfig
+from conftest import blob_image, random_models
+
+SIZE = (128, 128)
+
+
+def _mask_ious(a, b):
+    ious = []
+    for i in range(len(a)):
+        ma, mb = a.mask_patches.mask(i), b.mask_patches.mask(i)
+        union = (ma | mb).sum()
+        if union:
+            ious.append((ma & mb).sum() / union)
+    return np.array(ious)
+
+
+@pytest.mark.slow  # ~30 s of CPU compiling (11 min wall on the shared CI machine)
+def test_decoder_compiles_once_per_level_count():
+    """Varying box counts (1 included) and crop sizes (square or not) reuse one graph per
+    number of levels."""
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    segmenter = Segmenter((64, 16, 16, 16, 16)).eval()
+    compiled = CompiledSegmenter(segmenter, torch.device("cpu"))
+    frames_before = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    with torch.inference_mode():
+        for k, (h, w) in [(3, (8, 8)), (1, (12, 8)), (5, (9, 14)), (2, (16, 16))]:
+            crops = [torch.randn(k, 64, h, w), torch.randn(k, 16, (h + 1) // 2, (w + 1) // 2)]
+            torch.testing.assert_close(compiled(crops), segmenter(crops), atol=1e-4, rtol=1e-4)
+            one_level = compiled(crops[:1])
+            assert one_level.shape == (k, 1, h, w)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] - frames_before == 2
+
+
+@pytest.mark.slow  # compiling the ResNet-50 detector takes minutes on a small CPU
+def test_compile_backend_equals_eager():
+    models = random_models(seed=2, mask_bias=0.3)
+    config = PredictorConfig(input_size=SIZE)
+    eager = Predictor.from_models(*models, backend="eager", config=config)
+    compiled = Predictor.from_models(*models, backend="compile", config=config)
+    assert isinstance(compiled.pipeline.detector, CompiledDetector)
+    assert isinstance(compiled.pipeline.segmenter, CompiledSegmenter)
+    for seed in range(2):
+        image = blob_image(seed=seed)
+        a, b = eager.predict(image), compiled.predict(image)
+        assert len(a) == len(b) > 0
+        np.testing.assert_allclose(b.boxes, a.boxes, atol=1e-3)  # original pixels: ~1e-4 in network units
+        np.testing.assert_allclose(b.scores, a.scores, atol=1e-4)
+        assert _mask_ious(a, b).mean() >= 0.99

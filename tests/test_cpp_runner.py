@@ -1,0 +1,81 @@
+"""The C++ runner csrc/tools/ancis_run on a TorchScript export, against the Python fast path.
+
+Builds the CMake target ``ancis_run`` in ``$ANCIS_BUILD_DIR`` (default ``build/``; an
+existing build is reused, a first build of libancis_ops takes minutes: slow tests).
+"""
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ancis_fast import Predictor
+from ancis_fast.export import save_runner_input
+from ancis_fast.ops import native_available
+from ancis_fast.pipeline.preprocess import preprocess
+from ancis_fast.predictor import PredictorConfig
+from conftest import blob_image, random_models
+
+ROOT = Path(__file__).resolve().parents[1]
+BUILD = Path(os.environ.get("ANCIS_BUILD_DIR", ROOT / "build"))
+SIZE = (128, 128)
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not native_available(), reason="exports call the compiled ancis operators"),
+    pytest.mark.skipif(shutil.which("cmake") is None or not (shutil.which("c++") or shutil.which("g++")),
+                       reason="building csrc/tools/ancis_run needs cmake and a C++ compiler"),
+]
+
+
+def _run(*args, timeout=1800):
+    result = subprocess.run([str(a) for a in args], capture_output=True, text=True, timeout=timeout)
+    return result
+
+
+@pytest.fixture(scope="module")
+def runner():
+    if not (BUILD / "CMakeCache.txt").exists():
+        configured = _run("cmake", "-S", ROOT, "-B", BUILD)
+        assert configured.returncode == 0, configured.stdout + configured.stderr
+    built = _run("cmake", "--build", BUILD, "--target", "ancis_run")
+    assert built.returncode == 0, built.stdout[-4000:] + built.stderr[-4000:]
+    return BUILD / "ancis_run"
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("runner")
+    predictor = Predictor.from_models(*random_models(seed=2, mask_bias=0.3), backend="eager",
+                                      config=PredictorConfig(input_size=SIZE))
+    x = torch.cat([preprocess(blob_image(seed=s), SIZE)[0] for s in range(2)])
+    return predictor, x, predictor.export(folder / "model.pt"), save_runner_input(x, folder / "input.pt")
+
+
+def test_runner_matches_python(runner, exported, tmp_path):
+    predictor, x, model, example = exported
+    csv = tmp_path / "detections.csv"
+    result = _run(runner, model, example, "--runs", 3, "--warmup", 1, "--threads", 1, "--out", csv, timeout=600)
+    assert result.returncode == 0, result.stderr
+    det, _, mask_sizes = predictor.pipeline(x)
+    assert f"instances: {len(det.boxes)}" in result.stdout and "median latency:" in result.stdout
+    rows = np.loadtxt(csv, delimiter=",", skiprows=1, ndmin=2)
+    assert len(rows) == len(det.boxes) > 0
+    np.testing.assert_array_equal(rows[:, 0], det.batch_idx.numpy())
+    np.testing.assert_array_equal(rows[:, 1], det.labels.numpy())
+    np.testing.assert_allclose(rows[:, 2], det.scores.numpy(), atol=1e-5, rtol=0)
+    np.testing.assert_allclose(rows[:, 3:7], det.boxes.numpy(), atol=1e-5, rtol=0)
+    np.testing.assert_array_equal(rows[:, 7:9], mask_sizes.numpy())
+
+
+def test_runner_reports_bad_inputs(runner, exported, tmp_path):
+    _, _, model, _ = exported
+    wrong = save_runner_input(torch.zeros(1, 3, 64, 64), tmp_path / "wrong.pt")
+    result = _run(runner, model, wrong, "--runs", 1, "--warmup", 0, timeout=300)
+    assert result.returncode == 1 and "expects [B, 3, 128, 128]" in result.stderr
+    result = _run(runner, model, timeout=60)
+    assert result.returncode == 2 and "usage:" in result.stderr
+    checked = _run(runner, "--check-ops", timeout=60)
+    assert checked.returncode == 0, checked.stderr

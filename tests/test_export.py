@@ -1,0 +1,119 @@
+"""Exported pipelines (TorchScript, AOTInductor) against the eager fast path, and the
+`ancis-fast export` command (seeded random weights)."""
+import sys
+
+import pytest
+import torch
+
+from ancis_fast import Predictor
+from ancis_fast.cli import main
+from ancis_fast.export import ExportUnavailable, load_exported
+from ancis_fast.ops import native_available
+from ancis_fast.pipeline.preprocess import preprocess
+from ancis_fast.predictor import PredictorConfig
+from conftest import blob_image, random_models
+
+SIZE = (128, 128)
+OUTPUTS = ("boxes", "scores", "labels", "batch_idx", "probs", "mask_sizes")
+pytestmark = pytest.mark.skipif(not native_available(), reason="exports call the compiled ancis operators")
+
+
+@pytest.fixture(scope="module")
+def models():
+    return random_models(seed=2, mask_bias=0.3)
+
+
+def _predictor(models, mode="fast"):
+    return Predictor.from_models(*models, backend="eager", config=PredictorConfig(input_size=SIZE, mode=mode))
+
+
+def _inputs(batch=1):
+    return torch.cat([preprocess(blob_image(seed=s), SIZE)[0] for s in range(batch)])
+
+
+def _eager_outputs(predictor, x):
+    det, probs, mask_sizes = predictor.pipeline(x)
+    return det.boxes, det.scores, det.labels, det.batch_idx, probs, mask_sizes
+
+
+@pytest.mark.parametrize("mode, batch", [("fast", 2), ("exact", 1)])
+def test_torchscript_export_round_trip(models, tmp_path, mode, batch):
+    predictor = _predictor(models, mode)
+    path = predictor.export(tmp_path / "model.pt")
+    module = torch.jit.load(str(path))
+    x = _inputs(batch)
+    expected = _eager_outputs(predictor, x)
+    got = module(x)
+    assert expected[0].shape[0] > 0 and (expected[5] > 0).any()
+    for name, a, b in zip(OUTPUTS, expected, got):
+        torch.testing.assert_close(b, a, atol=1e-5, rtol=0, msg=name)
+    assert tuple(module.input_size) == SIZE and module.mode == mode and module.conf_thresh == 0.3
+
+
+def test_load_exported_gives_settings_and_rejects_wrong_input(models, tmp_path):
+    predictor = _predictor(models)
+    exported = load_exported(predictor.export(tmp_path / "model.pt"))
+    assert exported.config["input_size"] == list(SIZE) and exported.config["mode"] == "fast"
+    assert exported.config["seg_thresh"] == 0.5 and exported.config["box_order"] == "y1,x1,y2,x2"
+    with pytest.raises(torch.jit.Error, match="expected \\[B, 3, 128, 128\\]"):
+        exported(torch.zeros(1, 3, 64, 64))
+
+
+def test_export_format_errors(models, tmp_path, monkeypatch):
+    predictor = _predictor(models)
+    with pytest.raises(ValueError, match="format='onnx'"):
+        predictor.export(tmp_path / "m.onnx", format="onnx")
+    with pytest.raises(ValueError, match=r"\.pt2"):
+        predictor.export(tmp_path / "m.pt", format="aoti")
+    monkeypatch.setitem(sys.modules, "ancis_fast.backends.tensorrt", None)  # import fails
+    with pytest.raises(ExportUnavailable, match="tensorrt is not available"):
+        predictor.export(tmp_path / "m.ts", format="tensorrt")
+
+
+@pytest.fixture
+def weights(tmp_path, models):
+    torch.save(models[0].state_dict(), tmp_path / "det.pth")
+    torch.save(models[1].state_dict(), tmp_path / "seg.pth")
+    return ["--weights-det", str(tmp_path / "det.pth"), "--weights-seg", str(tmp_path / "seg.pth"),
+            "--input-size", "128"]
+
+
+def test_cli_export_torchscript_with_runner_input(tmp_path, weights, models, capsys):
+    out, example = tmp_path / "cli.pt", tmp_path / "input.pt"
+    assert main(["export", "--format", "torchscript", "--out", str(out), "--example-input", str(example),
+                 *weights]) == 0
+    assert "exported torchscript" in capsys.readouterr().err
+    x = torch.load(example)
+    assert x.shape == (1, 3, *SIZE)
+    got = load_exported(out)(x)
+    for name, a, b in zip(OUTPUTS, _eager_outputs(_predictor(models), x), got):
+        torch.testing.assert_close(b, a, atol=1e-5, rtol=0, msg=name)
+
+
+def test_cli_export_errors_exit_2(tmp_path, weights, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "ancis_fast.backends.tensorrt", None)
+    assert main(["export", "--format", "tensorrt", "--out", str(tmp_path / "m.ts"), *weights]) == 2
+    assert "tensorrt is not available" in capsys.readouterr().err
+    monkeypatch.setattr("ancis_fast.models.weights.DEFAULT_DETECTOR", tmp_path / "missing.pth")
+    assert main(["export", "--out", str(tmp_path / "m.pt"), "--input-size", "128"]) == 2
+    assert "bundled default model" in capsys.readouterr().err
+    assert not (tmp_path / "m.pt").exists()
+
+
+@pytest.mark.slow
+def test_aoti_export_matches_eager_detection(models, tmp_path):
+    """AOTInductor package of detector + detection (minutes: inductor compiles C++)."""
+    predictor = _predictor(models)
+    path = predictor.export(tmp_path / "detect.pt2", format="aoti")
+    exported = load_exported(path)
+    assert exported.config["format"] == "aoti" and exported.config["input_size"] == list(SIZE)
+    x = _inputs(1)
+    core = predictor.pipeline.core()
+    with torch.inference_mode():
+        _, locs, conf, _ = core.run_detector(x)
+        expected = core.detect_padded(locs, conf)
+    got = exported(x)
+    assert int(expected[3][0]) > 0
+    for name, a, b in zip(("boxes", "scores", "labels", "counts"), expected, got):
+        torch.testing.assert_close(b, a, atol=1e-4, rtol=0, msg=name)
+    torch.testing.assert_close(got[3], expected[3], atol=0, rtol=0)
