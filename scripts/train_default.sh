@@ -8,20 +8,22 @@
 # Both stages train on 256x256 synthetic images with the priors of a 512 input
 # (--prior-height 512), so the model runs at the Predictor's default 512 input; nuclei keep
 # their pixel size (6-60 px), which matches DSB-like images of 256-1024 px once resized to 512.
-# On the project's 2-core CPU this took the times recorded in README ("The default model");
+# On the project's 2-core CPU this took the times recorded in README ("The default model")
+# (that run started with 26 detector epochs and was resumed at step 600 with --epochs 20 to
+# fit the session, so its first 600 steps followed a slightly longer cosine schedule);
 # on a GPU pass --device cuda through EXTRA (e.g. EXTRA="--device cuda --amp").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WORK="${1:-train_default}"
 PY="${VENV:-.venv}/bin/python"
 EXTRA="${EXTRA:---threads 2}"
-DET_EPOCHS="${DET_EPOCHS:-26}"   # x 100 steps of batch 4
-SEG_EPOCHS="${SEG_EPOCHS:-8}"    # x 100 steps of batch 4
+DET_EPOCHS="${DET_EPOCHS:-20}"   # x 100 steps of batch 4
+SEG_EPOCHS="${SEG_EPOCHS:-4}"    # x 100 steps of batch 4
 COMMON=(--input-size 256 --prior-height 512 --recipe fast --rot90 --seed 1 $EXTRA)
 
 "$PY" -m ancis_fast train-det --data synth:400 --val synth:32 --out "$WORK/det" \
     --epochs "$DET_EPOCHS" --val-every 2 "${COMMON[@]}"
-"$PY" -m ancis_fast train-seg --detector "$WORK/det/detector_best.pt" --gt-boxes --max-boxes 48 \
+"$PY" -m ancis_fast train-seg --detector "$WORK/det/detector_best.pt" --gt-boxes --max-boxes 8 \
     --data synth:400 --val synth:16 --out "$WORK/seg" --epochs "$SEG_EPOCHS" --val-every 2 "${COMMON[@]}"
 
 "$PY" - "$WORK" <<'EOF'
