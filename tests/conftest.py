@@ -43,3 +43,15 @@ def blob_image(height: int = 160, width: int = 200, cells: int = 12, seed: int =
 @pytest.fixture
 def bgr_image() -> np.ndarray:
     return blob_image()
+
+
+def paired_mask_ious(a, b) -> np.ndarray:
+    """Mask IoU of instance ``i`` of ``a`` with instance ``i`` of ``b`` (the same detections
+    in the same order), skipping pairs where both masks are empty."""
+    ious = []
+    for i in range(len(a)):
+        ma, mb = a.mask_patches.mask(i), b.mask_patches.mask(i)
+        union = (ma | mb).sum()
+        if union:
+            ious.append((ma & mb).sum() / union)
+    return np.array(ious)

@@ -7,19 +7,9 @@ from ancis_fast import Predictor
 from ancis_fast.backends.compile import CompiledDetector, CompiledSegmenter
 from ancis_fast.models.segmenter import Segmenter
 from ancis_fast.predictor import PredictorConfig
-from conftest import blob_image, random_models
+from conftest import blob_image, paired_mask_ious, random_models
 
 SIZE = (128, 128)
-
-
-def _mask_ious(a, b):
-    ious = []
-    for i in range(len(a)):
-        ma, mb = a.mask_patches.mask(i), b.mask_patches.mask(i)
-        union = (ma | mb).sum()
-        if union:
-            ious.append((ma & mb).sum() / union)
-    return np.array(ious)
 
 
 @pytest.mark.slow  # ~30 s of CPU compiling (11 min wall on the shared CI machine)
@@ -54,4 +44,4 @@ def test_compile_backend_equals_eager():
         assert len(a) == len(b) > 0
         np.testing.assert_allclose(b.boxes, a.boxes, atol=1e-3)  # original pixels: ~1e-4 in network units
         np.testing.assert_allclose(b.scores, a.scores, atol=1e-4)
-        assert _mask_ious(a, b).mean() >= 0.99
+        assert paired_mask_ious(a, b).mean() >= 0.99

@@ -6,20 +6,9 @@ import torch
 from ancis_fast import Predictor
 from ancis_fast.pipeline.fast import bucket_size, level_shape
 from ancis_fast.predictor import PredictorConfig
-from conftest import blob_image, random_models
+from conftest import blob_image, paired_mask_ious, random_models
 
 SIZE = (128, 128)
-
-
-def _mask_ious(a, b):
-    """IoU of matched instances (same order: the boxes are identical)."""
-    ious = []
-    for i in range(len(a)):
-        ma, mb = a.mask_patches.mask(i), b.mask_patches.mask(i)
-        union = (ma | mb).sum()
-        if union:
-            ious.append((ma & mb).sum() / union)
-    return np.array(ious)
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +32,7 @@ def test_eager_agrees_with_reference(soft_models, mode, min_iou):
         assert len(ref) == len(got) > 0
         np.testing.assert_allclose(got.boxes, ref.boxes, atol=1e-3)  # original pixels, 1e-4 in network units
         np.testing.assert_allclose(got.scores, ref.scores, atol=1e-4)
-        ious = _mask_ious(ref, got)
+        ious = paired_mask_ious(ref, got)
         assert ious.mean() >= min_iou, (mode, ious.mean())
         if mode == "exact":
             assert (got.areas == 0).tolist() == (ref.areas == 0).tolist()  # same boxes without masks
@@ -52,7 +41,7 @@ def test_eager_agrees_with_reference(soft_models, mode, min_iou):
 def test_exact_mode_masks_are_identical_for_most_cells(soft_models):
     reference, eager = _predictors(soft_models, "exact")
     image = blob_image(seed=7)
-    ious = _mask_ious(reference.predict(image), eager.predict(image))
+    ious = paired_mask_ious(reference.predict(image), eager.predict(image))
     assert (ious == 1.0).mean() >= 0.9
 
 
@@ -74,7 +63,7 @@ def test_torchscript_backend_equals_eager(soft_models):
     image = blob_image(seed=3)
     a, b = eager.predict(image), scripted.predict(image)
     np.testing.assert_allclose(b.boxes, a.boxes, atol=1e-3)
-    assert _mask_ious(a, b).mean() >= 0.999
+    assert paired_mask_ious(a, b).mean() >= 0.999
 
 
 def test_buckets():
