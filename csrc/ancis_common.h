@@ -13,6 +13,7 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <type_traits>
 
 #if defined(__CUDACC__)
 #define ANCIS_HD __host__ __device__ __forceinline__
@@ -320,6 +321,17 @@ inline float float_threshold_below(double thr) {
     t = std::nextafter(t, -std::numeric_limits<float>::infinity());
   }
   return t;
+}
+
+// The IoU threshold in the kernels' box type T: float_threshold_below for float (the
+// comparison torchvision makes), the value itself for double.
+template <typename T>
+inline T threshold_as(double thr) {
+  if constexpr (std::is_same_v<T, float>) {
+    return float_threshold_below(thr);
+  } else {
+    return static_cast<T>(thr);
+  }
 }
 
 }  // namespace ancis

@@ -38,19 +38,6 @@ SortedBoxes<T> gather_sorted(const T* boxes, const int64_t* order, int64_t begin
   return out;
 }
 
-template <typename T>
-T threshold_as(double thr);
-
-template <>
-float threshold_as<float>(double thr) {
-  return float_threshold_below(thr);
-}
-
-template <>
-double threshold_as<double>(double thr) {
-  return thr;
-}
-
 at::Tensor sort_desc_stable(const at::Tensor& scores) {
   return std::get<1>(scores.sort(/*stable=*/true, /*dim=*/0, /*descending=*/true));
 }

@@ -18,19 +18,6 @@ namespace ancis {
 namespace cuda {
 namespace {
 
-template <typename T>
-T threshold_as(double thr);
-
-template <>
-float threshold_as<float>(double thr) {
-  return float_threshold_below(thr);
-}
-
-template <>
-double threshold_as<double>(double thr) {
-  return thr;
-}
-
 at::Tensor nms_impl(const at::Tensor& boxes, const at::Tensor& scores, const std::optional<at::Tensor>& idxs,
                     double iou_threshold) {
   check_nms_inputs(boxes, scores, idxs);
