@@ -23,6 +23,17 @@ def random_models(backbone: str = "resnet50", seed: int = 0, mask_bias: float = 
     return detector, segmenter
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a test module (``pytestmark = pytest.mark.usefixtures(
+    "one_thread")``): on a busy 2-core machine, OpenMP threads spinning against other
+    processes can make a training step 20x slower; one thread keeps such tests predictable."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture(scope="session")
 def models():
     return random_models()

@@ -3,21 +3,13 @@ import argparse
 import json
 
 import pytest
-import torch
 
 from ancis_fast import evaluate
 from ancis_fast.data import cli as data_cli
 from ancis_fast.train import cli as train_cli
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: on a busy 2-core machine, OpenMP threads spinning against other
-    processes can make a step 20x slower; one thread keeps these tests predictable."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _run(argv):

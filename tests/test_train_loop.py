@@ -18,14 +18,7 @@ SIZE = (128, 128)
 SYNTH = SynthConfig(size=SIZE, diameter=(12.0, 22.0), count=(5, 25), p_16bit=0.0)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: on a busy 2-core machine, OpenMP threads spinning against other
-    processes can make a step 20x slower; one thread keeps these tests predictable."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
