@@ -22,10 +22,9 @@ Differences from :mod:`ancis_fast.pipeline.reference` (same models, same maths):
   resize to the original size), in chunks so memory stays bounded.
 """
 # No `from __future__ import annotations`: TorchScript reads FastCore's class annotations.
-import bisect
 import copy
 from dataclasses import dataclass
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -59,9 +58,11 @@ class Detections:
         return Detections(self.boxes[keep], self.scores[keep], self.labels[keep], self.batch_idx[keep])
 
 
-def bucket_size(length: int, buckets: Sequence[int] = BUCKETS) -> int:
-    """Smallest bucket >= ``length`` (the largest bucket for longer crops)."""
-    return buckets[min(bisect.bisect_left(buckets, length), len(buckets) - 1)]
+def bucket_index(lengths: Tensor, buckets: List[int]) -> Tensor:
+    """Index into ``buckets`` (ascending) of the smallest bucket >= each of ``lengths``
+    (the largest bucket for longer crops); same shape as ``lengths``."""
+    edges = torch.tensor(buckets, dtype=lengths.dtype, device=lengths.device)
+    return torch.bucketize(lengths.contiguous(), edges).clamp(max=len(buckets) - 1)
 
 
 def level_shape(size0: int, level: int) -> int:
@@ -248,9 +249,7 @@ class FastCore(nn.Module):
         if self.mode == "exact":
             used = torch.arange(sizes.shape[1], device=sizes.device)[None, :] < num_levels[:, None]
             return torch.cat([num_levels[:, None], (sizes * used[:, :, None]).flatten(1)], dim=1)
-        buckets = torch.tensor(self.buckets, dtype=sizes.dtype, device=sizes.device)
-        index = torch.bucketize(sizes[:, 0].contiguous(), buckets).clamp(max=len(self.buckets) - 1)  # bisect_left
-        return torch.cat([num_levels[:, None], index], dim=1)
+        return torch.cat([num_levels[:, None], bucket_index(sizes[:, 0], self.buckets)], dim=1)
 
     def _shapes(self, key: List[int]) -> List[List[int]]:
         """Crop ``[h, w]`` per used level of a group key (see :meth:`_group_keys`)."""
@@ -302,8 +301,6 @@ class FastPipeline(FastCore):
                  conf_thresh: float = 0.3, nms_thresh: float = 0.3, mode: str = "fast",
                  pre_nms_top_k: int | None = 200, max_det: int = 500, channels_last: bool = True,
                  scripted: bool = False, prior_height: int | None = None):
-        if mode not in MODES:
-            raise ValueError(f"mode={mode!r}; expected one of {MODES}")
         detector = optimize_for_inference(detector, channels_last=channels_last).eval()
         segmenter = copy.deepcopy(segmenter).eval()
         if scripted:
