@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from ancis_fast import Predictor
-from ancis_fast.backends.compile import CompiledDetector, CompiledSegmenter
+from ancis_fast.backends.compile import CompiledDetector, CompiledSegmenter, detector_mode
 from ancis_fast.models.segmenter import Segmenter
 from ancis_fast.predictor import PredictorConfig
 from conftest import blob_image, paired_mask_ious, random_models
@@ -45,3 +45,12 @@ def test_compile_backend_equals_eager():
         np.testing.assert_allclose(b.boxes, a.boxes, atol=1e-3)  # original pixels: ~1e-4 in network units
         np.testing.assert_allclose(b.scores, a.scores, atol=1e-4)
         assert paired_mask_ious(a, b).mean() >= 0.99
+
+
+def test_detector_mode_defaults_and_environment_override(monkeypatch):
+    monkeypatch.delenv("ANCIS_COMPILE_MODE", raising=False)
+    assert detector_mode(torch.device("cuda")) == "max-autotune" and detector_mode(torch.device("cpu")) is None
+    monkeypatch.setenv("ANCIS_COMPILE_MODE", "reduce-overhead")
+    assert detector_mode(torch.device("cuda")) == "reduce-overhead"
+    monkeypatch.setenv("ANCIS_COMPILE_MODE", "default")
+    assert detector_mode(torch.device("cuda")) is None

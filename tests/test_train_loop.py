@@ -66,6 +66,19 @@ def test_interrupted_and_resumed_run_matches_the_straight_run(tmp_path, trained,
         assert torch.allclose(value.float(), again[key].float(), atol=1e-4, rtol=1e-3), key
 
 
+def test_time_limit_ends_with_validation_and_a_resumable_checkpoint(tmp_path, samples):
+    summary = train_detector(_det_config(tmp_path, time_limit=1e-3), samples, samples[:2])
+    assert summary["stopped_early"] and summary["global_step"] == 1 and summary["epoch"] == 0
+    assert summary["best_weights"] is not None and (tmp_path / "detector_best.pt").is_file()
+    record = json.loads((tmp_path / "log.jsonl").read_text().splitlines()[-1])
+    assert record["step"] == 1 and "ap50" in record
+    state = torch.load(tmp_path / "detector_state.pt", weights_only=False)
+    assert state["elapsed"] > 0 and state["global_step"] == 1
+    # the spent time is kept: a resumed run under the same limit stops after one more step
+    again = train_detector(_det_config(tmp_path, time_limit=1e-3, resume=True), samples, None)
+    assert again["global_step"] == 2 and again["stopped_early"]
+
+
 def test_half_precision_export_loads(tmp_path, trained):
     out, _ = trained
     half = export_half(out / "detector.pt", tmp_path / "det16.pt")

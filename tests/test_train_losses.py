@@ -119,5 +119,10 @@ def test_schedules():
     assert lr_factor(fast, 0, 100) == pytest.approx(0.01, rel=0.1)
     assert lr_factor(fast, 10, 100) == pytest.approx(0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * 0.1)))
     assert lr_factor(fast, 100, 100) == pytest.approx(0.01)
+    # a time limit that is further along than the steps drives the schedule
+    assert lr_factor(fast, 10, 100, time_progress=0.5) == pytest.approx(0.01 + 0.99 * 0.5)
+    assert lr_factor(fast, 50, 100, time_progress=0.1) == pytest.approx(0.01 + 0.99 * 0.5)
+    assert lr_factor(fast, 10, 100, time_progress=1.0) == pytest.approx(0.01)
+    assert lr_factor(release, 0, 5, time_progress=0.9) == 0.1 and lr_factor(release, 0, 5, time_progress=0.89) == 1.0
     with pytest.raises(ValueError, match="optimizer"):
         Recipe("x", "rmsprop", 1e-3, 1, 1, "step")

@@ -16,6 +16,7 @@ wrappers with the same interface whose forward passes run compiled.
 """
 from __future__ import annotations
 
+import os
 from typing import List, Optional, Tuple
 
 import torch
@@ -28,7 +29,14 @@ DECODER_RECOMPILE_LIMIT = 16
 
 
 def detector_mode(device: torch.device) -> Optional[str]:
-    """``torch.compile`` mode of the detector on ``device`` (``None``: the default mode)."""
+    """``torch.compile`` mode of the detector on ``device`` (``None``: the default mode).
+
+    The environment variable ``ANCIS_COMPILE_MODE`` overrides it (``default``,
+    ``reduce-overhead``: CUDA graphs without max-autotune's minutes of kernel tuning, ...).
+    """
+    override = os.environ.get("ANCIS_COMPILE_MODE")
+    if override:
+        return None if override == "default" else override
     return "max-autotune" if device.type == "cuda" else None
 
 

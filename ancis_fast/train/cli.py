@@ -24,7 +24,9 @@ def _common(args: argparse.Namespace) -> Dict[str, Any]:
                 prior_height=args.prior_height, recipe=args.recipe,
                 epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, warmup_steps=args.warmup,
                 device=args.device, workers=args.workers, seed=args.seed, val_every=args.val_every,
-                save_every=args.save_every, resume=args.resume, init_weights=args.init, max_steps=args.max_steps, amp=args.amp, rot90=args.rot90, quiet=args.quiet)
+                save_every=args.save_every, resume=args.resume, init_weights=args.init, max_steps=args.max_steps,
+                time_limit=None if args.time_limit is None else args.time_limit * 60.0, amp=args.amp, rot90=args.rot90,
+                quiet=args.quiet)
 
 
 def _report(summary: Dict[str, Any]) -> int:
@@ -104,6 +106,9 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", action="store_true", help="continue from <out>/<stage>_state.pt if present")
     parser.add_argument("--init", help="start from these weights instead of a fresh initialisation")
     parser.add_argument("--max-steps", type=int, help="stop (with a checkpoint) after this many steps in total")
+    parser.add_argument("--time-limit", type=float, metavar="MINUTES",
+                        help="train for this long (wall clock, resumed runs included): the cosine schedule anneals "
+                             "by whichever of time and epochs is further along, then validates and checkpoints")
     parser.add_argument("--amp", action="store_true", help="bfloat16 autocast on CUDA")
     parser.add_argument("--rot90", action="store_true", help="add random quarter turns to the augmentation")
     parser.add_argument("--synth-size", type=parse_size, help="synthetic image size (default: the input size)")

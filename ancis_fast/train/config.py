@@ -37,6 +37,7 @@ class StageConfig:
     resume: bool = False
     init_weights: Optional[str] = None
     max_steps: Optional[int] = None
+    time_limit: Optional[float] = None
     amp: bool = False
     rot90: bool = False
     match_iou: float = 0.5
@@ -45,6 +46,8 @@ class StageConfig:
     quiet: bool = False
 
     def __post_init__(self) -> None:
+        if self.time_limit is not None and self.time_limit <= 0:
+            raise ValueError(f"time_limit={self.time_limit}; expected None or seconds > 0")
         if self.prior_height is not None and self.prior_height < 64:
             raise ValueError(f"prior_height={self.prior_height}; expected None or an input height >= 64")
 

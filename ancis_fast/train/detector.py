@@ -137,6 +137,6 @@ def train_detector(cfg: DetectorTrainConfig, train_source: Sequence[Sample],
 
     loop_cfg = LoopConfig(out_dir=Path(cfg.out_dir), stage="detector", recipe=recipe, seed=cfg.seed,
                           workers=cfg.workers, val_every=cfg.val_every, save_every=cfg.save_every, resume=cfg.resume,
-                          max_steps=cfg.max_steps, quiet=cfg.quiet, score_key="ap50",
+                          max_steps=cfg.max_steps, time_limit=cfg.time_limit, quiet=cfg.quiet, score_key="ap50",
                           record={**dataclasses.asdict(cfg), "recipe_resolved": dataclasses.asdict(recipe)})
     return TrainLoop(loop_cfg, model, dataset, step, validate).run()

@@ -43,6 +43,7 @@ class LoopConfig:
     save_every: int = 0
     resume: bool = False
     max_steps: Optional[int] = None
+    time_limit: Optional[float] = None
     quiet: bool = False
     score_key: str = "ap50"
     record: Dict[str, Any] = field(default_factory=dict)
@@ -61,8 +62,10 @@ class TrainLoop:
         self.cfg, self.model, self.dataset = cfg, model, dataset
         self.step_fn, self.validate_fn = step_fn, validate_fn
         self.steps_per_epoch = max(1, len(dataset) // cfg.recipe.batch_size)
+        self.elapsed_before = 0.0  # training seconds of earlier runs (resume)
+        self.started = time.monotonic()
         self.optimizer = build_optimizer(model, cfg.recipe)
-        self.scheduler = build_scheduler(self.optimizer, cfg.recipe, self.steps_per_epoch)
+        self.scheduler = build_scheduler(self.optimizer, cfg.recipe, self.steps_per_epoch, self.time_progress)
         self.epoch, self.batch_in_epoch, self.global_step = 0, 0, 0
         self.best = -math.inf
         self.history: List[Dict[str, Any]] = []
@@ -77,7 +80,7 @@ class TrainLoop:
         save_atomic({
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(), "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
-            "global_step": self.global_step, "best": self.best, "history": self.history,
+            "global_step": self.global_step, "best": self.best, "history": self.history, "elapsed": self.elapsed(),
             "torch_rng": torch.get_rng_state(), "config": self.cfg.record,
         }, self.path("_state"))
 
@@ -91,8 +94,21 @@ class TrainLoop:
         self.epoch, self.batch_in_epoch = int(state["epoch"]), int(state["batch_in_epoch"])
         self.global_step, self.best = int(state["global_step"]), float(state["best"])
         self.history = list(state["history"])
+        self.elapsed_before = float(state.get("elapsed", 0.0))
         torch.set_rng_state(state["torch_rng"])
         return True
+
+    # ------------------------------------------------------------------ time
+    def elapsed(self) -> float:
+        """Training seconds so far, earlier (resumed) runs included."""
+        return self.elapsed_before + time.monotonic() - self.started
+
+    def time_progress(self) -> float:
+        """Spent fraction of ``time_limit`` (0 without one)."""
+        return min(1.0, self.elapsed() / self.cfg.time_limit) if self.cfg.time_limit else 0.0
+
+    def time_is_up(self) -> bool:
+        return self.cfg.time_limit is not None and self.elapsed() >= self.cfg.time_limit
 
     # ------------------------------------------------------------------ steps
     def _update(self, loss: Tensor) -> bool:
@@ -106,10 +122,10 @@ class TrainLoop:
         self.scheduler.step()
         return True
 
-    def _validate(self, epoch_loss: float) -> None:
+    def _validate(self, epoch_loss: float, last: bool = False) -> None:
         record: Dict[str, Any] = {"epoch": self.epoch, "step": self.global_step, "loss": epoch_loss,
                                   "lr": self.optimizer.param_groups[0]["lr"], "time": time.time()}
-        last = self.epoch == self.cfg.recipe.epochs
+        last = last or self.epoch == self.cfg.recipe.epochs
         if self.validate_fn is not None and (self.epoch % self.cfg.val_every == 0 or last):
             metrics = self.validate_fn()
             self.model.train()
@@ -125,7 +141,9 @@ class TrainLoop:
         append_log(self.cfg.out_dir, {"stage": self.cfg.stage, **record})
 
     def run(self) -> Dict[str, Any]:
-        """Train to the recipe's epoch count (or ``max_steps``); returns a summary."""
+        """Train to the recipe's epoch count (or ``max_steps``, or ``time_limit`` seconds, after
+        which it validates and checkpoints as at the last epoch); returns a summary."""
+        self.started = time.monotonic()
         if self.cfg.resume and self.restore() and not self.cfg.quiet:
             tqdm.write(f"resuming {self.cfg.stage} at epoch {self.epoch}, batch {self.batch_in_epoch}")
         skipped = 0
@@ -154,6 +172,11 @@ class TrainLoop:
                     self.save()
                 if self.cfg.max_steps is not None and self.global_step >= self.cfg.max_steps:
                     bar.close()
+                    self.save()
+                    return self.summary(skipped, stopped_early=True)
+                if self.time_is_up():
+                    bar.close()
+                    self._validate(sum(losses) / len(losses), last=True)
                     self.save()
                     return self.summary(skipped, stopped_early=True)
             bar.close()

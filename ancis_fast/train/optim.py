@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from typing import Dict, List
+from typing import Callable, Dict, List
 
 import torch
 from torch import nn
@@ -89,20 +89,27 @@ def build_optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
     return torch.optim.AdamW(groups, lr=recipe.lr)
 
 
-def lr_factor(recipe: Recipe, step: int, steps_per_epoch: int) -> float:
-    """Multiplier of ``recipe.lr`` at optimiser step ``step`` (0-based)."""
+def lr_factor(recipe: Recipe, step: int, steps_per_epoch: int, time_progress: float = 0.0) -> float:
+    """Multiplier of ``recipe.lr`` at optimiser step ``step`` (0-based).
+
+    ``time_progress`` (0..1, the spent fraction of a time limit) moves the ``cosine`` and
+    ``step`` schedules on when it is ahead of the step count, so that a run bounded by
+    wall-clock time still ends annealed.
+    """
     total = max(1, recipe.epochs * steps_per_epoch)
     warm = min(1.0, 0.01 + 0.99 * step / recipe.warmup_steps) if recipe.warmup_steps else 1.0
+    progress = min(1.0, max(step / total, time_progress))
     if recipe.schedule == "step":
-        factor = recipe.gamma if step >= int(recipe.step_at * recipe.epochs) * steps_per_epoch else 1.0
+        factor = recipe.gamma if progress >= int(recipe.step_at * recipe.epochs) / recipe.epochs else 1.0
     elif recipe.schedule == "exp":
         factor = recipe.gamma ** (step // max(1, steps_per_epoch))
     else:
-        progress = min(1.0, step / total)
         factor = recipe.min_lr_ratio + (1 - recipe.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
     return warm * factor
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, recipe: Recipe, steps_per_epoch: int) -> LambdaLR:
-    """Per-step scheduler (call ``.step()`` after every optimiser step)."""
-    return LambdaLR(optimizer, lambda step: lr_factor(recipe, step, steps_per_epoch))
+def build_scheduler(optimizer: torch.optim.Optimizer, recipe: Recipe, steps_per_epoch: int,
+                    time_progress: Callable[[], float] = lambda: 0.0) -> LambdaLR:
+    """Per-step scheduler (call ``.step()`` after every optimiser step); ``time_progress()``
+    is read at every step (see :func:`lr_factor`)."""
+    return LambdaLR(optimizer, lambda step: lr_factor(recipe, step, steps_per_epoch, time_progress()))
