@@ -146,7 +146,10 @@ def test_crop_and_resize(benchmark, impl, k):
     rois = torch.cat([batch_idx[:, None].float(), yxyx_to_xyxy(boxes)], dim=1)
     ours = lambda: ops.crop_and_resize(features, boxes, batch_idx, (14, 14))  # noqa: E731
     theirs = lambda: torchvision.ops.roi_align(features, rois, (14, 14), 1.0, 1, True)  # noqa: E731
-    assert torch.equal(ours(), theirs())
+    if DEVICE.type == "cpu":
+        assert torch.equal(ours(), theirs())
+    else:  # each GPU kernel rounds its sample positions its own way (FMA contraction): ~4e-5 seen
+        torch.testing.assert_close(ours(), theirs(), rtol=1e-4, atol=2e-4)
     _timed(benchmark, ours if impl == "ancis native" else theirs, rounds=5 if k >= 1000 else 0)
 
 

@@ -87,11 +87,11 @@ def detections_of_image(detected: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
     Returns ``boxes [K,4]`` (y1,x1,y2,x2 input pixels), ``scores [K]``, ``labels [K]`` int64,
     sorted by descending score (stable: class order, then rank within the class).
     """
-    rows, labels = [detected.new_zeros((0, 5))], [torch.zeros(0, dtype=torch.long)]
+    rows, labels = [detected.new_zeros((0, 5))], [torch.zeros(0, dtype=torch.long, device=detected.device)]
     for cls in range(1, detected.shape[0]):
         valid = detected[cls, :, 0] > 0
         rows.append(detected[cls, valid])
-        labels.append(torch.full((int(valid.sum()),), cls, dtype=torch.long))
+        labels.append(torch.full((int(valid.sum()),), cls, dtype=torch.long, device=detected.device))
     rows_t, labels_t = torch.cat(rows), torch.cat(labels)
     order = torch.sort(rows_t[:, 0], descending=True, stable=True).indices
     return rows_t[order, 1:], rows_t[order, 0], labels_t[order]
