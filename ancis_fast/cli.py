@@ -50,11 +50,26 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mode", default="fast", choices=["fast", "exact"],
                         help="fast backends' mask stage: size buckets (fast) or native crop sizes (exact)")
     parser.add_argument("--input-size", type=parse_size, default=(512, 512), help="network input HxW (default: 512)")
+    add_detection_arguments(parser)
+    parser.add_argument("--normalize", default="auto", choices=["auto", "percentile", "minmax", "none"],
+                        help="conversion of non-8-bit images to 8-bit (default: auto = percentiles 1/99.8)")
+
+
+def add_detection_arguments(parser: argparse.ArgumentParser) -> None:
+    """Thresholds and per-image limits of detection and masks (PredictorConfig)."""
     parser.add_argument("--conf-thresh", type=float, default=0.3, help="detection score threshold (default: 0.3)")
     parser.add_argument("--nms-thresh", type=float, default=0.3, help="NMS IoU threshold (default: 0.3)")
     parser.add_argument("--seg-thresh", type=float, default=0.5, help="mask probability threshold (default: 0.5)")
-    parser.add_argument("--normalize", default="auto", choices=["auto", "percentile", "minmax", "none"],
-                        help="conversion of non-8-bit images to 8-bit (default: auto = percentiles 1/99.8)")
+    parser.add_argument("--max-candidates", type=int, default=None, metavar="N",
+                        help="candidates kept before NMS per image (default: all; the release used 200)")
+    parser.add_argument("--max-detections", type=int, default=1000, metavar="N",
+                        help="detections kept per image (default: 1000; the release used 500)")
+
+
+def detection_options(args: argparse.Namespace) -> dict:
+    """The Predictor keywords of :func:`add_detection_arguments`."""
+    return dict(conf_thresh=args.conf_thresh, nms_thresh=args.nms_thresh, seg_thresh=args.seg_thresh,
+                max_candidates=args.max_candidates, max_detections=args.max_detections)
 
 
 def build_predictor(args: argparse.Namespace):
@@ -62,8 +77,7 @@ def build_predictor(args: argparse.Namespace):
 
     return Predictor(args.weights_det, args.weights_seg, backbone=args.backbone, backend=args.backend,
                      mode=args.mode, device=args.device, precision=getattr(args, "precision", "fp32"),
-                     input_size=args.input_size, conf_thresh=args.conf_thresh, nms_thresh=args.nms_thresh,
-                     seg_thresh=args.seg_thresh, normalize=args.normalize)
+                     input_size=args.input_size, normalize=args.normalize, **detection_options(args))
 
 
 def output_stems(paths: Sequence[Path]) -> List[str]:

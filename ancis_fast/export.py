@@ -35,7 +35,7 @@ from torch import Tensor, nn
 
 from .backends import torchscript
 from .io.writers import atomic_path
-from .pipeline.fast import FastCore, FastPipeline
+from .pipeline.fast import FastCore, FastPipeline, default_buckets
 
 if TYPE_CHECKING:
     from .predictor import Predictor
@@ -59,6 +59,8 @@ def export_config(predictor: "Predictor", fmt: str) -> Dict[str, Any]:
         "format": fmt, "format_version": FORMAT_VERSION, "torch": torch.__version__,
         "input_size": list(cfg.input_size), "conf_thresh": cfg.conf_thresh, "nms_thresh": cfg.nms_thresh,
         "seg_thresh": cfg.seg_thresh, "mode": cfg.mode, "prior_height": cfg.prior_height,
+        "max_candidates": cfg.max_candidates, "max_detections": cfg.max_detections,
+        "mask_buckets": list(cfg.mask_buckets or default_buckets(predictor.device)),
         "precision": getattr(cfg, "precision", "fp32"),
         "normalization": {"mode": cfg.normalization.mode, "percentiles": list(cfg.normalization.percentiles)},
         "box_order": "y1,x1,y2,x2", "outputs": outputs,
@@ -70,7 +72,9 @@ def export_core(predictor: "Predictor") -> FastCore:
     and settings on its device, independent of the predictor's own backend."""
     cfg = predictor.config
     pipeline = FastPipeline(predictor.detector, predictor.segmenter, cfg.input_size, cfg.conf_thresh,
-                            cfg.nms_thresh, cfg.mode, prior_height=cfg.prior_height).to(predictor.device)
+                            cfg.nms_thresh, cfg.mode, pre_nms_top_k=cfg.max_candidates, max_det=cfg.max_detections,
+                            prior_height=cfg.prior_height,
+                            buckets=cfg.mask_buckets or default_buckets(predictor.device)).to(predictor.device)
     precision = getattr(cfg, "precision", "fp32")
     if precision != "fp32":
         from .backends.configure import configure_pipeline

@@ -6,7 +6,7 @@ import sys
 import time
 from pathlib import Path
 
-from .cli import parse_size
+from .cli import add_detection_arguments, detection_options, parse_size
 
 HELP = """\
 formats (all take the network input [B,3,H,W] float32, BGR in [0,1] at --input-size):
@@ -30,8 +30,7 @@ def _export(args: argparse.Namespace) -> int:
 
     try:
         predictor = Predictor(args.weights_det, args.weights_seg, backbone=args.backbone, device=args.device,
-                              input_size=args.input_size, conf_thresh=args.conf_thresh,
-                              nms_thresh=args.nms_thresh, seg_thresh=args.seg_thresh, mode=args.mode)
+                              input_size=args.input_size, mode=args.mode, **detection_options(args))
         if args.example_input:  # read the image first: a bad one should not leave a fresh export behind
             image = read_image(args.image or Path(__file__).parent / "assets" / "sample.png")
             x, _ = preprocess(image, predictor.config.input_size, predictor.config.normalization)
@@ -62,10 +61,7 @@ def register(subparsers) -> None:
     parser.add_argument("--mode", default="fast", choices=["fast", "exact"],
                         help="mask stage: size buckets (fast, default) or native crop sizes (exact)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N: where the export runs (default: cpu)")
-    parser.add_argument("--conf-thresh", type=float, default=0.3, help="detection score threshold (default: 0.3)")
-    parser.add_argument("--nms-thresh", type=float, default=0.3, help="NMS IoU threshold (default: 0.3)")
-    parser.add_argument("--seg-thresh", type=float, default=0.5,
-                        help="mask threshold recorded in the file's settings (default: 0.5)")
+    add_detection_arguments(parser)
     parser.add_argument("--batch-size", type=int, default=1, help="aoti only: the fixed batch size (default: 1)")
     parser.add_argument("--example-input", metavar="F",
                         help="also write a preprocessed input tensor for the C++ runner ancis_run")

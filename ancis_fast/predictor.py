@@ -19,7 +19,7 @@ from .backends.precision import check_precision, resolve_precision
 from .models import build_detector, build_segmenter, default_weights, load_weights, make_priors
 from .models.weights import WeightsSource
 from .pipeline import reference
-from .pipeline.fast import MODES, FastPipeline
+from .pipeline.fast import MODES, FastPipeline, check_buckets, default_buckets
 from .pipeline.preprocess import Normalization, preprocess
 from .streaming import FrameStream
 from .tiling import predict_tiled
@@ -39,6 +39,17 @@ class PredictorConfig:
 
     ``precision`` (``"fp32"``, ``"fp16"``, ``"bf16"``): the dtype the fast backends run the
     detector and mask decoder in; detection, crop geometry and pasting stay fp32.
+
+    ``max_candidates`` (``None``: all) and ``max_detections`` bound the detection step per
+    image: candidates above ``conf_thresh`` kept before NMS, detections kept after it. The
+    release used 200 and 500 (spec §4), which caps a crowded image at far fewer cells than it
+    holds (its 200 candidates include several per nucleus); ``max_candidates=200,
+    max_detections=500`` reproduces it.
+
+    ``mask_buckets``: the level-0 crop sizes (px, ascending) that ``mode="fast"`` resamples
+    each box to before its decoder pass; ``None`` takes the device's default
+    (:func:`~ancis_fast.pipeline.fast.default_buckets`: fine steps on a CPU, where compute
+    dominates, coarse ones on a GPU, where the number of passes does).
     """
 
     input_size: Tuple[int, int] = (512, 512)
@@ -49,9 +60,18 @@ class PredictorConfig:
     mode: str = "fast"
     prior_height: Optional[int] = None
     precision: str = "fp32"
+    max_candidates: Optional[int] = None
+    max_detections: int = 1000
+    mask_buckets: Optional[Tuple[int, ...]] = None
 
     def __post_init__(self) -> None:
         check_precision(self.precision)
+        if self.mask_buckets is not None:
+            check_buckets(self.mask_buckets)
+        if self.max_candidates is not None and self.max_candidates < 1:
+            raise ValueError(f"max_candidates={self.max_candidates}; expected None (all) or a count >= 1")
+        if self.max_detections < 1:
+            raise ValueError(f"max_detections={self.max_detections}; expected a count >= 1")
         if self.mode not in MODES:
             raise ValueError(f"mode={self.mode!r}; expected one of {MODES} (used by the fast backends)")
         if len(self.input_size) != 2 or min(self.input_size) < 64:
@@ -98,6 +118,8 @@ class Predictor:
             NMS IoU threshold, mask probability threshold (``>=``).
         normalize, percentiles: how non-8-bit images become 8-bit (see
             :mod:`ancis_fast.pipeline.preprocess`); 8-bit images are unchanged by default.
+        max_candidates, max_detections: per-image limits of the detection step, see
+            :class:`PredictorConfig` (``200, 500`` for the release's behaviour).
     """
 
     def __init__(
@@ -115,6 +137,8 @@ class Predictor:
         percentiles: Tuple[float, float] = (1.0, 99.8),
         mode: str = "fast",
         precision: str = "fp32",
+        max_candidates: Optional[int] = None,
+        max_detections: int = 1000,
     ):
         if (detector_weights is None) != (segmenter_weights is None):
             raise ValueError("give both detector_weights and segmenter_weights, or neither for the bundled model")
@@ -124,7 +148,7 @@ class Predictor:
         segmenter = load_weights(build_segmenter(backbone), segmenter_weights)
         self._setup(detector, segmenter, backend, device, PredictorConfig(
             tuple(input_size), conf_thresh, nms_thresh, seg_thresh, Normalization(normalize, tuple(percentiles)), mode,
-            precision=precision))
+            precision=precision, max_candidates=max_candidates, max_detections=max_detections))
 
     @classmethod
     def from_models(cls, detector: nn.Module, segmenter: nn.Module, backend: str = "reference",
@@ -149,7 +173,9 @@ class Predictor:
         else:
             self.pipeline = FastPipeline(
                 self.detector, self.segmenter, config.input_size, config.conf_thresh, config.nms_thresh, config.mode,
-                channels_last=True, scripted=backend == "torchscript", prior_height=config.prior_height,
+                pre_nms_top_k=config.max_candidates, max_det=config.max_detections, channels_last=True,
+                scripted=backend == "torchscript", prior_height=config.prior_height,
+                buckets=config.mask_buckets or default_buckets(self.device),
             ).to(self.device)
             configure_pipeline(self.pipeline, backend, config.precision, self.device)
         self.auto_tile_above = AUTO_TILE_ABOVE
@@ -261,7 +287,8 @@ class Predictor:
         timed, cfg = self.stage_timer, self.config
         with torch.inference_mode():
             locs, conf, features = timed("detector", self.detector, batch)
-            detected = timed("detect", reference.detect, locs, conf, self.priors, cfg.conf_thresh, cfg.nms_thresh)
+            detected = timed("detect", reference.detect, locs, conf, self.priors, cfg.conf_thresh, cfg.nms_thresh,
+                             cfg.max_detections, cfg.max_candidates)
             boxes, scores, labels, probs = timed("mask", self._segment_reference, detected, features)
         return timed("paste", self._paste_reference, boxes, scores, labels, probs, original_size)
 

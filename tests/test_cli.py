@@ -55,6 +55,17 @@ def test_predict_selected_outputs_and_success_code(tmp_path, weights):
     assert sorted(p.name for p in out.iterdir()) == ["a.csv", "a_labels.png"]
 
 
+def test_predict_max_detections_limits_the_written_cells(tmp_path, weights):
+    cv2.imwrite(str(tmp_path / "a.png"), blob_image(seed=3))
+    counts = {}
+    for limit in ("1000", "3"):
+        out = tmp_path / f"out{limit}"
+        assert main(["predict", str(tmp_path / "a.png"), "--out", str(out), "--save", "json",
+                     "--max-detections", limit, "--max-candidates", "50"] + weights) == 0
+        counts[limit] = json.loads((out / "a.json").read_text())["num_instances"]
+    assert counts["3"] == 3 < counts["1000"] <= 50
+
+
 def test_predict_errors_exit_2(tmp_path, weights, capsys):
     assert main(["predict", str(tmp_path / "missing.png"), "--out", str(tmp_path)] + weights) == 2
     assert "missing.png" in capsys.readouterr().err

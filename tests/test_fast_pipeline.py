@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from ancis_fast import Predictor
-from ancis_fast.pipeline.fast import BUCKETS, bucket_index, level_shape
+from ancis_fast.pipeline.fast import BUCKETS, GPU_BUCKETS, bucket_index, default_buckets, level_shape
 from ancis_fast.predictor import PredictorConfig
 from conftest import blob_image, paired_mask_ious, random_models
 
@@ -17,15 +17,18 @@ def soft_models():
     return random_models(seed=2, mask_bias=0.3)
 
 
-def _predictors(models, mode):
-    config = PredictorConfig(input_size=SIZE, mode=mode)
+def _predictors(models, mode, buckets=None):
+    # the release's detection limits: without them random weights give hundreds of cells per
+    # image, whose near-tied scores (1e-7 apart) may swap order between the two paths
+    config = PredictorConfig(input_size=SIZE, mode=mode, mask_buckets=buckets, max_candidates=200, max_detections=500)
     return (Predictor.from_models(*models, config=config),
             Predictor.from_models(*models, backend="eager", config=config))
 
 
-@pytest.mark.parametrize("mode, min_iou", [("exact", 0.99), ("fast", 0.8)])
-def test_eager_agrees_with_reference(soft_models, mode, min_iou):
-    reference, eager = _predictors(soft_models, mode)
+@pytest.mark.parametrize("mode, min_iou, buckets", [("exact", 0.99, None), ("fast", 0.8, None),
+                                                    ("fast", 0.8, GPU_BUCKETS)])
+def test_eager_agrees_with_reference(soft_models, mode, min_iou, buckets):
+    reference, eager = _predictors(soft_models, mode, buckets)
     for seed in range(2):
         image = blob_image(seed=seed)
         ref, got = reference.predict(image), eager.predict(image)
@@ -72,3 +75,8 @@ def test_buckets():
 
     assert bucket_size(1) == 8 and bucket_size(24) == 24 and bucket_size(25) == 28 and bucket_size(10_000) == 512
     assert [level_shape(24, i) for i in range(5)] == [24, 12, 6, 3, 3]
+    assert default_buckets(torch.device("cpu")) == BUCKETS and default_buckets(torch.device("cuda")) == GPU_BUCKETS
+    assert PredictorConfig(mask_buckets=(16, 64)).mask_buckets == (16, 64)
+    for bad in ((), (32, 16), (16, 16), (2, 8), (8.5,)):
+        with pytest.raises(ValueError, match="mask buckets"):
+            PredictorConfig(mask_buckets=bad)

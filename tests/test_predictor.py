@@ -15,7 +15,9 @@ SIZE = (128, 128)
 @pytest.fixture(scope="module")
 def predictor(models):
     detector, segmenter = models
-    return Predictor.from_models(detector, segmenter, config=PredictorConfig(input_size=SIZE))
+    # the release's detection limits, which the spec steps below use
+    return Predictor.from_models(detector, segmenter, config=PredictorConfig(input_size=SIZE, max_candidates=200,
+                                                                             max_detections=500))
 
 
 def test_end_to_end_shapes_and_consistency(predictor, bgr_image):
@@ -124,3 +126,24 @@ def test_prior_height_sizes_the_priors_of_every_backend(models):
     torch.testing.assert_close(reference_predictor.priors, expected, rtol=0, atol=0)
     fast = Predictor.from_models(*models, backend="eager", config=config)
     torch.testing.assert_close(fast.pipeline.priors, expected, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("backend", ["reference", "eager"])
+def test_detection_limits_keep_a_prefix_of_the_unlimited_result(models, backend):
+    """Greedy NMS keeps boxes in score order, so capping the candidates (or the detections)
+    at N keeps exactly the unlimited result's survivors among its N best: a prefix."""
+    image = blob_image(seed=3)
+    make = lambda **limits: Predictor.from_models(*models, backend=backend, config=PredictorConfig(  # noqa: E731
+        input_size=SIZE, **limits))
+    unlimited = make().predict(image)
+    assert len(unlimited) > 12
+    for limits, most in (({"max_candidates": 12}, 12), ({"max_detections": 5}, 5), ({"max_candidates": 200}, 200)):
+        capped = make(**limits).predict(image)
+        assert 0 < len(capped) <= most
+        np.testing.assert_array_equal(capped.boxes, unlimited.boxes[: len(capped)])
+        np.testing.assert_array_equal(capped.masks, unlimited.masks[: len(capped)])
+    assert len(make(max_detections=5).predict(image)) == 5
+    with pytest.raises(ValueError, match="max_candidates=0"):
+        PredictorConfig(max_candidates=0)
+    with pytest.raises(ValueError, match="max_detections=0"):
+        PredictorConfig(max_detections=0)

@@ -14,7 +14,9 @@ SIZE = (128, 128)
 
 @pytest.fixture(scope="module")
 def predictor(models):
-    return Predictor.from_models(*models, config=PredictorConfig(input_size=SIZE))
+    # the release's detection limits: random weights otherwise give hundreds of cells a tile
+    return Predictor.from_models(*models, config=PredictorConfig(input_size=SIZE, max_candidates=200,
+                                                                 max_detections=500))
 
 
 @pytest.fixture(scope="module")
