@@ -1,45 +1,95 @@
 #!/usr/bin/env bash
-# How the bundled default model (ancis_fast/assets/default_*.pt) was made, end to end:
-# train the detector, then the mask head on the frozen detector, bundle both as fp16, and
-# score them on held-out synthetic images and on the bundled real DSB image.
+# How the bundled default model (ancis_fast/assets/default_*.pt) was made, stage by stage:
 #
-#   bash scripts/train_default.sh [WORK_DIR]        (default WORK_DIR: ./train_default)
+#   bash scripts/train_default.sh WORK_DIR STAGE...      (default: ./train_default all)
 #
-# Both stages train on 256x256 synthetic images with the priors of a 512 input
+# base      detector, then mask head on the frozen detector, from scratch (session 2: this
+#           project's 2-core CPU, 78 + 27 min)
+# ft-det    fine-tune the detector (base's, else the bundled one) on many more images (session 3: one H200, 3.8 min,
+#           run by scripts/device_check.sh; FT_DEVICE=cpu works, only slower)
+# ft-seg    fine-tune the mask head (base's, else the bundled one) on the fine-tuned detector (session 3: CPU, 33 min)
+# bundle    write WORK/det_ft + WORK/seg_ft (else WORK/det + WORK/seg) as the bundled fp16 files
+# eval      score the bundled model on held-out synthetic images and the bundled real image
+# all       base ft-det ft-seg bundle eval
+#
+# Every stage trains on 256x256 synthetic images with the priors of a 512 input
 # (--prior-height 512), so the model runs at the Predictor's default 512 input; nuclei keep
 # their pixel size (6-60 px), which matches DSB-like images of 256-1024 px once resized to 512.
-# On the project's 2-core CPU this took the times recorded in README ("The default model")
-# (that run started with 26 detector epochs and was resumed at step 600 with --epochs 20 to
-# fit the session, so its first 600 steps followed a slightly longer cosine schedule);
-# on a GPU pass --device cuda through EXTRA (e.g. EXTRA="--device cuda --amp").
+# The session-2 base run started with 26 detector epochs and was resumed at step 600 with
+# --epochs 20 to fit the session, so its first 600 steps followed a slightly longer schedule.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WORK="${1:-train_default}"
-PY="${VENV:-.venv}/bin/python"
+shift || true
+STAGES=("${@:-all}")
+PY="${PY:-${VENV:-.venv}/bin/python}"
 EXTRA="${EXTRA:---threads 2}"
-DET_EPOCHS="${DET_EPOCHS:-20}"   # x 100 steps of batch 4
-SEG_EPOCHS="${SEG_EPOCHS:-4}"    # x 100 steps of batch 4
-COMMON=(--input-size 256 --prior-height 512 --recipe fast --rot90 --seed 1 $EXTRA)
+DET_EPOCHS="${DET_EPOCHS:-20}"        # base: x 100 steps of batch 4
+SEG_EPOCHS="${SEG_EPOCHS:-4}"         # base: x 100 steps of batch 4
+FT_DEVICE="${FT_DEVICE:-cuda}"
+FT_DET_MINUTES="${FT_DET_MINUTES:-3.8}"
+FT_SEG_MINUTES="${FT_SEG_MINUTES:-33}"
+COMMON=(--input-size 256 --prior-height 512 --recipe fast --rot90)
+# fine-tuning runs are bounded by time: the cosine schedule anneals by the clock
+TIMED=(--epochs 1000 --val-every 100000 --quiet)
 
-"$PY" -m ancis_fast train-det --data synth:400 --val synth:32 --out "$WORK/det" \
-    --epochs "$DET_EPOCHS" --val-every 2 "${COMMON[@]}"
-"$PY" -m ancis_fast train-seg --detector "$WORK/det/detector_best.pt" --gt-boxes --max-boxes 8 \
-    --data synth:400 --val synth:16 --out "$WORK/seg" --epochs "$SEG_EPOCHS" --val-every 2 "${COMMON[@]}"
+base() {
+  "$PY" -m ancis_fast train-det --data synth:400 --val synth:32 --out "$WORK/det" \
+      --epochs "$DET_EPOCHS" --val-every 2 --seed 1 "${COMMON[@]}" $EXTRA
+  "$PY" -m ancis_fast train-seg --detector "$WORK/det/detector_best.pt" --gt-boxes --max-boxes 8 \
+      --data synth:400 --val synth:16 --out "$WORK/seg" --epochs "$SEG_EPOCHS" --val-every 2 --seed 1 \
+      "${COMMON[@]}" $EXTRA
+}
 
-"$PY" - "$WORK" <<'EOF'
+# fine-tuning starts from the base stage's output when there is one, else from the bundled model
+init() { if [ -f "$WORK/$1" ]; then echo "$WORK/$1"; else echo "ancis_fast/assets/$2"; fi; }
+
+ft_det() {  # 2,001 steps of batch 32 in the H200's 3.8 min (bf16 autocast, 9 loader processes)
+  "$PY" -m ancis_fast train-det --data synth:3200 --val synth:64 --out "$WORK/det_ft" --batch-size 32 --lr 2e-3 \
+      --warmup 300 --workers 9 --threads 4 --device "$FT_DEVICE" --amp --time-limit "$FT_DET_MINUTES" \
+      --init "$(init det/detector_best.pt default_detector.pt)" --seed 3 "${COMMON[@]}" "${TIMED[@]}"
+}
+
+ft_seg() {
+  "$PY" -m ancis_fast train-seg --detector "$WORK/det_ft/detector_best.pt" --gt-boxes --max-boxes 8 \
+      --data synth:400 --val synth:16 --out "$WORK/seg_ft" --batch-size 4 --lr 3e-4 --warmup 20 \
+      --time-limit "$FT_SEG_MINUTES" --init "$(init seg/segmenter_best.pt default_segmenter.pt)" --seed 5 \
+      "${COMMON[@]}" "${TIMED[@]}" $EXTRA
+}
+
+bundle() {
+  "$PY" - "$WORK" <<'EOF'
 import sys
+from pathlib import Path
 from ancis_fast.models.weights import DEFAULT_DETECTOR, DEFAULT_SEGMENTER
 from ancis_fast.train.checkpoint import export_half
-work = sys.argv[1]
-export_half(f"{work}/det/detector_best.pt", DEFAULT_DETECTOR)
-export_half(f"{work}/seg/segmenter_best.pt", DEFAULT_SEGMENTER)
-print(f"bundled {DEFAULT_DETECTOR} and {DEFAULT_SEGMENTER}")
+work = Path(sys.argv[1])
+for stage, target in (("det", DEFAULT_DETECTOR), ("seg", DEFAULT_SEGMENTER)):
+    name = "detector" if stage == "det" else "segmenter"
+    source = next(p for p in (work / f"{stage}_ft/{name}_best.pt", work / f"{stage}/{name}_best.pt") if p.is_file())
+    export_half(source, target)
+    print(f"bundled {source} as {target}")
 EOF
+}
 
-# held-out synthetic test set at the Predictor's default size (a seed no training run uses)
-"$PY" -m ancis_fast synth --out "$WORK/test512" --n 60 --size 512 --seed 2026 --layout labels --quiet
-"$PY" -m ancis_fast evaluate "$WORK/test512" --json "$WORK/eval_synthetic.json" --quiet
-mkdir -p "$WORK/real/images" "$WORK/real/masks"
-cp ancis_fast/assets/dsb2018_nuclei.png "$WORK/real/images/"
-cp ancis_fast/assets/dsb2018_nuclei_labels.png "$WORK/real/masks/"
-"$PY" -m ancis_fast evaluate "$WORK/real" --json "$WORK/eval_real.json" --quiet
+evaluate() {
+  # held-out synthetic test set at the Predictor's default size (a seed no training run uses)
+  "$PY" -m ancis_fast synth --out "$WORK/test512" --n 60 --size 512 --seed 2026 --layout labels --quiet
+  "$PY" -m ancis_fast evaluate "$WORK/test512" --json "$WORK/eval_synthetic.json" --quiet
+  mkdir -p "$WORK/real/images" "$WORK/real/masks"
+  cp ancis_fast/assets/dsb2018_nuclei.png "$WORK/real/images/"
+  cp ancis_fast/assets/dsb2018_nuclei_labels.png "$WORK/real/masks/"
+  "$PY" -m ancis_fast evaluate "$WORK/real" --json "$WORK/eval_real.json" --quiet
+}
+
+for stage in "${STAGES[@]}"; do
+  case "$stage" in
+    base) base ;;
+    ft-det) ft_det ;;
+    ft-seg) ft_seg ;;
+    bundle) bundle ;;
+    eval) evaluate ;;
+    all) base; ft_det; ft_seg; bundle; evaluate ;;
+    *) echo "unknown stage $stage (base, ft-det, ft-seg, bundle, eval, all)" >&2; exit 2 ;;
+  esac
+done
