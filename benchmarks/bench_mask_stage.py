@@ -4,7 +4,7 @@
     python benchmarks/bench_mask_stage.py
 """
 import sys, time; sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent.parent / "tests"))
-import cv2, numpy as np, torch
+import torch
 from conftest import random_models
 from ancis_fast.data.sample import boxes_from_labels
 from ancis_fast.data.synthetic import generate, SynthConfig

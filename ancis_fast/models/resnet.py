@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from typing import Dict, List, Tuple, Type, Union
 
-import torch
 from torch import Tensor, nn
 
 
