@@ -1,9 +1,12 @@
 """Settings shared by the training stages (:mod:`.detector`, :mod:`.segmenter`)."""
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
+from pathlib import Path
 from typing import ClassVar, Dict, Optional, Tuple
 
+from .loop import LoopConfig
 from .optim import Recipe
 
 
@@ -56,3 +59,11 @@ class StageConfig:
             raise ValueError(f"recipe={self.recipe!r}; expected one of {sorted(self.recipes)}")
         return self.recipes[self.recipe].with_overrides(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
                                                         warmup_steps=self.warmup_steps)
+
+    def loop_config(self, stage: str, recipe: Recipe) -> LoopConfig:
+        """The :class:`~.loop.LoopConfig` of this stage (best checkpoint by validation AP@0.5),
+        recording these settings and the resolved recipe in every checkpoint."""
+        return LoopConfig(out_dir=Path(self.out_dir), stage=stage, recipe=recipe, seed=self.seed, workers=self.workers,
+                          val_every=self.val_every, save_every=self.save_every, resume=self.resume,
+                          max_steps=self.max_steps, time_limit=self.time_limit, quiet=self.quiet, score_key="ap50",
+                          record={**dataclasses.asdict(self), "recipe_resolved": dataclasses.asdict(recipe)})

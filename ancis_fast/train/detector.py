@@ -1,9 +1,7 @@
 """Detector training (spec §7): MultiBox loss with hard-negative mining on matched priors."""
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, ClassVar, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -18,7 +16,7 @@ from ..pipeline import reference
 from ..pipeline.preprocess import to_network_input
 from .config import StageConfig
 from .data import ExampleDataset, validation_images
-from .loop import LoopConfig, TrainLoop, resolve_device
+from .loop import TrainLoop, resolve_device
 from .loss import multibox_loss
 from .matching import match_batch
 from .optim import DETECTOR_RECIPES, Recipe
@@ -135,8 +133,4 @@ def train_detector(cfg: DetectorTrainConfig, train_source: Sequence[Sample],
         val = validation_images(val_source, cfg.input_size)
         validate = lambda: box_validation(model, val, priors, cfg.conf_thresh, cfg.nms_thresh)  # noqa: E731
 
-    loop_cfg = LoopConfig(out_dir=Path(cfg.out_dir), stage="detector", recipe=recipe, seed=cfg.seed,
-                          workers=cfg.workers, val_every=cfg.val_every, save_every=cfg.save_every, resume=cfg.resume,
-                          max_steps=cfg.max_steps, time_limit=cfg.time_limit, quiet=cfg.quiet, score_key="ap50",
-                          record={**dataclasses.asdict(cfg), "recipe_resolved": dataclasses.asdict(recipe)})
-    return TrainLoop(loop_cfg, model, dataset, step, validate).run()
+    return TrainLoop(cfg.loop_config("detector", recipe), model, dataset, step, validate).run()

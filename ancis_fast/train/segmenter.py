@@ -5,10 +5,8 @@ training and inference see the same crops) and scored with BCE against the groun
 mask cut to the box."""
 from __future__ import annotations
 
-import dataclasses
 from collections import defaultdict
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, ClassVar, Dict, List, Optional, Sequence, Tuple
 
 import cv2
@@ -25,7 +23,7 @@ from ..pipeline import reference
 from .config import StageConfig
 from .data import ExampleDataset, validation_images
 from .detector import _autocast
-from .loop import LoopConfig, TrainLoop, resolve_device
+from .loop import TrainLoop, resolve_device
 from .loss import box_bce, per_image_mean
 from .optim import SEGMENTER_RECIPES, Recipe
 
@@ -194,8 +192,4 @@ def train_segmenter(cfg: SegmenterTrainConfig, train_source: Sequence[Sample],
         val = validation_images(val_source, input_size)
         validate = lambda: mask_validation(detector, segmenter, val, cfg, device)  # noqa: E731
 
-    loop_cfg = LoopConfig(out_dir=Path(cfg.out_dir), stage="segmenter", recipe=recipe, seed=cfg.seed,
-                          workers=cfg.workers, val_every=cfg.val_every, save_every=cfg.save_every, resume=cfg.resume,
-                          max_steps=cfg.max_steps, time_limit=cfg.time_limit, quiet=cfg.quiet, score_key="ap50",
-                          record={**dataclasses.asdict(cfg), "recipe_resolved": dataclasses.asdict(recipe)})
-    return TrainLoop(loop_cfg, segmenter, dataset, step, validate).run()
+    return TrainLoop(cfg.loop_config("segmenter", recipe), segmenter, dataset, step, validate).run()
