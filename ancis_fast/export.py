@@ -35,7 +35,7 @@ from torch import Tensor, nn
 
 from .backends import torchscript
 from .io.writers import atomic_path
-from .pipeline.fast import FastCore, FastPipeline, default_buckets
+from .pipeline.fast import FastCore, default_buckets
 
 if TYPE_CHECKING:
     from .predictor import Predictor
@@ -70,17 +70,9 @@ def export_config(predictor: "Predictor", fmt: str) -> Dict[str, Any]:
 def export_core(predictor: "Predictor") -> FastCore:
     """A fresh :class:`FastCore` (BN-folded detector, eager modules) of ``predictor``'s models
     and settings on its device, independent of the predictor's own backend."""
-    cfg = predictor.config
-    pipeline = FastPipeline(predictor.detector, predictor.segmenter, cfg.input_size, cfg.conf_thresh,
-                            cfg.nms_thresh, cfg.mode, pre_nms_top_k=cfg.max_candidates, max_det=cfg.max_detections,
-                            prior_height=cfg.prior_height,
-                            buckets=cfg.mask_buckets or default_buckets(predictor.device)).to(predictor.device)
-    precision = getattr(cfg, "precision", "fp32")
-    if precision != "fp32":
-        from .backends.configure import configure_pipeline
+    from .predictor import build_fast_pipeline
 
-        configure_pipeline(pipeline, "eager", precision, predictor.device)
-    return pipeline.core().eval()
+    return build_fast_pipeline(predictor.detector, predictor.segmenter, predictor.config, predictor.device).core().eval()
 
 
 class DetectionModule(nn.Module):

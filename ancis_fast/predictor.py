@@ -171,13 +171,7 @@ class Predictor:
         if backend == "reference":
             self.priors = make_priors(*config.input_size, device=self.device, scale_height=config.prior_height)
         else:
-            self.pipeline = FastPipeline(
-                self.detector, self.segmenter, config.input_size, config.conf_thresh, config.nms_thresh, config.mode,
-                pre_nms_top_k=config.max_candidates, max_det=config.max_detections, channels_last=True,
-                scripted=backend == "torchscript", prior_height=config.prior_height,
-                buckets=config.mask_buckets or default_buckets(self.device),
-            ).to(self.device)
-            configure_pipeline(self.pipeline, backend, config.precision, self.device)
+            self.pipeline = build_fast_pipeline(self.detector, self.segmenter, config, self.device, backend)
         self.auto_tile_above = AUTO_TILE_ABOVE
         #: ``stage_timer(stage, fn, *args)`` runs each of :data:`STAGES` (``fn(*args)``);
         #: benchmarks replace it to time them (``benchmarks/fps.py``)
@@ -323,6 +317,19 @@ class Predictor:
         from .export import export_predictor
 
         return export_predictor(self, path, format, **options)
+
+
+def build_fast_pipeline(detector: nn.Module, segmenter: nn.Module, config: PredictorConfig, device: torch.device,
+                        backend: str = "eager") -> FastPipeline:
+    """The :class:`FastPipeline` of ``config`` on ``device``, turned into ``backend`` (one of
+    the fast backends) at ``config.precision``."""
+    pipeline = FastPipeline(
+        detector, segmenter, config.input_size, config.conf_thresh, config.nms_thresh, config.mode,
+        pre_nms_top_k=config.max_candidates, max_det=config.max_detections, channels_last=True,
+        scripted=backend == "torchscript", prior_height=config.prior_height,
+        buckets=config.mask_buckets or default_buckets(device),
+    ).to(device)
+    return configure_pipeline(pipeline, backend, config.precision, device)
 
 
 def _untimed(stage: str, fn: Callable[..., Any], *args: Any) -> Any:
