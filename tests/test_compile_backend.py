@@ -13,9 +13,9 @@ SIZE = (128, 128)
 
 
 @pytest.mark.slow  # ~30 s of CPU compiling (11 min wall on the shared CI machine)
-def test_decoder_compiles_once_per_level_count():
+def test_decoder_compiles_once_per_step():
     """Varying box counts (1 included) and crop sizes (square or not) reuse one graph per
-    number of levels."""
+    decoder step used (here level 0's stage and the head)."""
     torch._dynamo.reset()
     torch.manual_seed(0)
     segmenter = Segmenter((64, 16, 16, 16, 16)).eval()

@@ -80,3 +80,32 @@ def test_buckets():
     for bad in ((), (32, 16), (16, 16), (2, 8), (8.5,)):
         with pytest.raises(ValueError, match="mask buckets"):
             PredictorConfig(mask_buckets=bad)
+
+
+def test_decoder_steps_batch_boxes_across_level0_sizes(soft_models):
+    """Exact mode: boxes whose level-0 crops differ but whose deeper crops match share the
+    deep decoder steps; each box's mask equals decoding it alone."""
+    from ancis_fast.pipeline.fast import Detections, FastPipeline
+
+    pipeline = FastPipeline(*soft_models, SIZE, mode="exact")
+    calls = []
+    decode_stage = pipeline.segmenter.decode_stage
+    pipeline.segmenter.decode_stage = lambda level, pre, skip: calls.append((level, pre.shape[0])) or decode_stage(
+        level, pre, skip)
+    # level-0 sizes 32..38 px: 7 level-0 crop shapes, fewer on levels 3 and 4
+    sides = torch.tensor([32.0, 33.0, 34.0, 35.0, 36.0, 37.0, 38.0])
+    boxes = torch.stack([torch.full_like(sides, 40.0), torch.full_like(sides, 40.0), 40 + sides, 40 + sides], 1)
+    det = Detections(boxes, torch.ones(7), torch.ones(7, dtype=torch.long), torch.zeros(7, dtype=torch.long))
+    x = torch.rand(1, 3, *SIZE, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        x, _, _, features = pipeline.run_detector(x)
+        probs, sizes = pipeline.segment(x, features, det)
+        level3 = [n for level, n in calls if level == 3]
+        level0 = [n for level, n in calls if level == 0]
+        assert sum(level3) == sum(level0) == 7
+        assert len(level0) == len(set(sizes[:, 0].tolist())) == 7 and len(level3) < 7
+        for k in range(7):
+            alone, alone_sizes = pipeline.segment(x, features, det.index(torch.tensor([k])))
+            h, w = alone_sizes[0].tolist()
+            assert sizes[k].tolist() == [h, w]
+            torch.testing.assert_close(probs[k, :h, :w], alone[0, :h, :w], atol=1e-5, rtol=0)

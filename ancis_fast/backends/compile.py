@@ -5,9 +5,9 @@ wrappers with the same interface whose forward passes run compiled.
 
 - Detector: static shapes (``dynamic=False``; a batch size compiles once). On a GPU
   ``mode="max-autotune"``, which also captures CUDA graphs.
-- Mask decoder: one call per group of boxes, with a different box count and (fast mode:
-  a few, exact mode: many) crop sizes every call, so every dimension is dynamic
-  (``dynamic=True``) and the graph is compiled once per number of pyramid levels (1 to 5).
+- Mask decoder: its steps (``decode_stage`` of levels 3..0 and ``head``) run once per group
+  of boxes, with a different box count and (fast mode: a few, exact mode: many) crop sizes
+  every call, so every dimension is dynamic (``dynamic=True``) and each step compiles once.
   Duck shaping (equal sizes share one symbol) is off for it: it would specialise square
   crops and recompile for every non-square one, until the recompile limit.
   On a GPU ``mode="max-autotune-no-cudagraphs"``: CUDA graphs would be re-recorded for
@@ -16,16 +16,18 @@ wrappers with the same interface whose forward passes run compiled.
 """
 from __future__ import annotations
 
+import functools
 import os
-from typing import List, Optional, Tuple
+from typing import Callable, List, Optional, Tuple
 
 import torch
 import torch._dynamo.config as dynamo_config
 import torch.fx.experimental._config as shape_config
 from torch import Tensor, nn
 
-#: decoder graphs: one per level count (1..5), with margin
+#: decoder graphs: one per step (4 levels and the head), with margin
 DECODER_RECOMPILE_LIMIT = 16
+NUM_STAGES = 4  # decode_stage levels 0..3
 
 
 def detector_mode(device: torch.device) -> Optional[str]:
@@ -62,29 +64,42 @@ class CompiledDetector(nn.Module):
 
 
 class CompiledSegmenter(nn.Module):
-    """``segmenter`` with a compiled ``forward`` (the mask decoder), ``encode_c0`` eager.
-
-    ``forward(crops)``: the level crops ``[K, C_i, h_i, w_i]`` of K boxes -> mask
-    probabilities ``[K, 1, h_0, w_0]``, as :class:`~ancis_fast.models.segmenter.Segmenter`.
-    """
+    """``segmenter`` with compiled decoder steps (``decode_stage`` per level and ``head``),
+    ``encode_c0`` eager; same interface as
+    :class:`~ancis_fast.models.segmenter.Segmenter`."""
 
     def __init__(self, segmenter: nn.Module, device: torch.device):
         super().__init__()
         self.segmenter = segmenter
-        self._decode = torch.compile(segmenter.forward, mode=decoder_mode(device), dynamic=True)
+        mode = decoder_mode(device)
+        self._stages = [torch.compile(functools.partial(segmenter.decode_stage, level), mode=mode, dynamic=True)
+                        for level in range(NUM_STAGES)]
+        self._head = torch.compile(segmenter.head, mode=mode, dynamic=True)
 
     def forward(self, crops: List[Tensor]) -> Tensor:
-        if crops[0].shape[0] == 1:
+        pre = crops[-1]
+        for level in range(len(crops) - 2, -1, -1):
+            pre = self.decode_stage(level, pre, crops[level])
+        return self.head(pre)
+
+    def decode_stage(self, level: int, pre: Tensor, skip: Tensor) -> Tensor:
+        return self._run(self._stages[level], [pre, skip])
+
+    def head(self, state: Tensor) -> Tensor:
+        return self._run(self._head, [state])
+
+    def _run(self, step: Callable[..., Tensor], inputs: List[Tensor]) -> Tensor:
+        if inputs[0].shape[0] == 1:
             # a size-1 dimension is always specialised: run one box as two so that single
             # boxes share the graph of groups instead of compiling their own
-            crops = [torch.cat([c, c]) for c in crops]
-            return self._run(crops)[:1]
-        return self._run(crops)
+            return self._call(step, [torch.cat([t, t]) for t in inputs])[:1]
+        return self._call(step, inputs)
 
-    def _run(self, crops: List[Tensor]) -> Tensor:
+    @staticmethod
+    def _call(step: Callable[..., Tensor], inputs: List[Tensor]) -> Tensor:
         # the settings are read when a graph is compiled, i.e. within this call
         with shape_config.patch(use_duck_shape=False), dynamo_config.patch(recompile_limit=DECODER_RECOMPILE_LIMIT):
-            return self._decode(crops)
+            return step(*inputs)
 
     def encode_c0(self, image: Tensor, inside: Optional[Tensor] = None) -> Tensor:
         return self.segmenter.encode_c0(image, inside)

@@ -54,7 +54,8 @@ class CastDetector(nn.Module):
 
 class CastSegmenter(nn.Module):
     """Runs the mask network ``segmenter`` in ``dtype`` behind the same interface
-    (``forward``, ``encode_c0``, ``decode_logits``), fp32 in and fp32 out."""
+    (``forward``, ``encode_c0``, ``decode_logits``, ``decode_stage``, ``head``), fp32 in and
+    fp32 out."""
 
     def __init__(self, segmenter: nn.Module, dtype: torch.dtype):
         super().__init__()
@@ -72,3 +73,11 @@ class CastSegmenter(nn.Module):
     @torch.jit.export
     def decode_logits(self, crops: List[Tensor]) -> Tensor:
         return self.segmenter.decode_logits([c.to(self.dtype) for c in crops]).float()
+
+    @torch.jit.export
+    def decode_stage(self, level: int, pre: Tensor, skip: Tensor) -> Tensor:
+        return self.segmenter.decode_stage(level, pre.to(self.dtype), skip.to(self.dtype)).float()
+
+    @torch.jit.export
+    def head(self, state: Tensor) -> Tensor:
+        return self.segmenter.head(state.to(self.dtype)).float()

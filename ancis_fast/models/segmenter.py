@@ -33,6 +33,9 @@ class Segmenter(nn.Module):
     then ``segmenter(crops)`` per box, where ``crops`` are the box's crops of
     ``[c0, c1, c2, c3, c4]`` (``L`` of them, 1 <= L <= 5, each ``[K,C_i,h_i,w_i]``);
     the result is the mask probability ``[K,1,h_0,w_0]`` at the level-0 crop size.
+    ``segmenter(crops)`` equals ``decode_stage`` from level L-2 down to 0, then ``head``:
+    the fast pipeline calls those steps itself, batching each over the boxes that share
+    that step's crop shapes.
     """
 
     def __init__(self, channels: Sequence[int] = RELEASE_CHANNELS):
@@ -65,21 +68,35 @@ class Segmenter(nn.Module):
         return self.layer_c0[3](self.layer_c0[2](hidden))
 
     @torch.jit.export
+    def decode_stage(self, level: int, pre: Tensor, skip: Tensor) -> Tensor:
+        """One decoder step (``level`` 0..3): the decoder state ``pre [K,C_(level+1),h',w']``
+        (or the level+1 crop where decoding starts) gates and is merged into the level's
+        crop ``skip [K,C_level,h,w]``; returns the next state ``[K,C_level,h,w]``."""
+        # written out: TorchScript indexes a ModuleList by constants only
+        if level == 3:
+            return self.layer_up_concat[3](self.layer_att[3](pre, skip), pre)
+        if level == 2:
+            return self.layer_up_concat[2](self.layer_att[2](pre, skip), pre)
+        if level == 1:
+            return self.layer_up_concat[1](self.layer_att[1](pre, skip), pre)
+        if level == 0:
+            return self.layer_up_concat[0](self.layer_att[0](pre, skip), pre)
+        raise ValueError(f"decoder stage level must be 0..3, got {level}")
+
+    @torch.jit.export
+    def head(self, state: Tensor) -> Tensor:
+        """Mask probability ``[K,1,h_0,w_0]`` of the level-0 state ``[K,64,h_0,w_0]``."""
+        return torch.sigmoid(self.layer_head(state))
+
+    @torch.jit.export
     def decode_logits(self, crops: List[Tensor]) -> Tensor:
         """Mask logits ``[K,1,h_0,w_0]`` from the level crops ``crops[0..L-1]``."""
         levels = len(crops)
         if levels < 1 or levels > 5:
             raise ValueError(f"expected 1 to 5 level crops, got {levels}")
         pre = crops[levels - 1]
-        # i = levels-2 down to 0, written out: TorchScript indexes a ModuleList by constants only
-        if levels > 4:
-            pre = self.layer_up_concat[3](self.layer_att[3](pre, crops[3]), pre)
-        if levels > 3:
-            pre = self.layer_up_concat[2](self.layer_att[2](pre, crops[2]), pre)
-        if levels > 2:
-            pre = self.layer_up_concat[1](self.layer_att[1](pre, crops[1]), pre)
-        if levels > 1:
-            pre = self.layer_up_concat[0](self.layer_att[0](pre, crops[0]), pre)
+        for level in range(levels - 2, -1, -1):
+            pre = self.decode_stage(level, pre, crops[level])
         return self.layer_head(pre)
 
     def forward(self, crops: List[Tensor]) -> Tensor:
