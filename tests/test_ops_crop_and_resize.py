@@ -177,6 +177,24 @@ def test_crop_and_resize_opcheck():
 
 
 @needs_native
+@pytest.mark.parametrize("integer_boxes, align_corners", [(False, False), (False, True), (True, True)])
+def test_channels_last_features_give_channels_last_crops_of_equal_values(integer_boxes, align_corners):
+    """The CPU kernel reads the detector's channels-last maps without a conversion."""
+    features = _features(channels=7, seed=16)
+    boxes = _boxes(30, 33, 47, 16, margin=3.0)
+    boxes = boxes.round().long() if integer_boxes else boxes
+    batch_idx = torch.randint(0, 2, (30,), generator=torch.Generator().manual_seed(16))
+    expected = ops.crop_and_resize(features, boxes, batch_idx, (5, 6), align_corners=align_corners)
+    got = ops.crop_and_resize(features.contiguous(memory_format=torch.channels_last), boxes, batch_idx, (5, 6),
+                              align_corners=align_corners)
+    assert got.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(got, expected)
+    torch.library.opcheck(torch.ops.ancis.crop_and_resize.default,
+                          (features.contiguous(memory_format=torch.channels_last), boxes, batch_idx, [5, 6],
+                           align_corners))
+
+
+@needs_native
 def test_crop_and_resize_torchscript():
     scripted = torch.jit.script(_scripted_crop)
     features = _features(seed=15)

@@ -42,7 +42,14 @@ def _batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: flo
 @fake("crop_and_resize")
 def _crop_and_resize(features: Tensor, boxes: Tensor, batch_idx: Tensor, out_size: List[int],
                      align_corners: bool = False) -> Tensor:
-    return features.new_empty((boxes.shape[0], features.shape[1], out_size[0], out_size[1]))
+    out = features.new_empty((boxes.shape[0], features.shape[1], out_size[0], out_size[1]))
+    if features.device.type == "cpu" and _channels_last_only(features):
+        return out.contiguous(memory_format=torch.channels_last)  # as the CPU kernel writes it
+    return out
+
+
+def _channels_last_only(x: Tensor) -> bool:
+    return not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
 
 
 @fake("paste_masks")

@@ -134,6 +134,15 @@ def _inside_image(boxes: Tensor, out_size: List[int], height: int, width: int) -
     return (ys[:, :, None] * xs[:, None, :])[:, None]
 
 
+def _crop_source(x: Tensor) -> Tensor:
+    """``x`` in a layout the crop kernel reads as it is: the CPU kernel reads channels-last
+    maps (and writes channels-last crops); the others read NCHW, converted here once per
+    map rather than in every crop call."""
+    if x.device.type == "cpu" and x.is_contiguous(memory_format=torch.channels_last):
+        return x
+    return x.contiguous()
+
+
 def _split_by_shape(shapes: Tensor) -> List[Tuple[Tensor, List[int]]]:
     """Rows of ``shapes [n, 2]`` grouped by value: ``(rows, [h, w])`` per distinct shape."""
     groups: List[Tuple[Tensor, List[int]]] = []
@@ -263,9 +272,8 @@ class FastCore(nn.Module):
         ``probs [K,h,w]`` (zero-padded) and ``mask_sizes [K,2]`` (valid size; 0 = no mask,
         as the reference's no-level boxes)."""
         k = boxes.shape[0]
-        # the crop kernels read NCHW; one conversion per level beats one per crop call
-        image = image.contiguous()
-        features = [f.contiguous() for f in features]
+        image = _crop_source(image)
+        features = [_crop_source(f) for f in features]
         level_sizes = [[image.shape[-2], image.shape[-1]]] + [[f.shape[-2], f.shape[-1]] for f in features[1:]]
         bounds, num_levels = level_crop_bounds_unchecked(boxes.float(), [self.input_size[0], self.input_size[1]],
                                                          level_sizes)
@@ -371,6 +379,8 @@ class FastPipeline(FastCore):
                  scripted: bool = False, prior_height: int | None = None, buckets: Sequence[int] = BUCKETS):
         detector = optimize_for_inference(detector, channels_last=channels_last).eval()
         segmenter = copy.deepcopy(segmenter).eval()
+        if channels_last:  # weights in the crops' layout: no per-call weight conversion
+            segmenter = segmenter.to(memory_format=torch.channels_last)
         if scripted:
             detector, segmenter = script(detector), script(segmenter)
         priors = make_priors(*input_size, scale_height=prior_height).clone()

@@ -96,11 +96,50 @@ void crop_planes(const at::Tensor& features, const at::Tensor& boxes, const int6
   });
 }
 
+// Channels-last features (the detector's layout): every output pixel mixes the contiguous
+// channel vectors of four input pixels; the output is channels-last too, so neither the
+// feature map nor the crops need a layout conversion.
+template <typename scalar_t>
+void crop_pixels(const at::Tensor& features, const at::Tensor& boxes, const int64_t* bidx, bool align_corners,
+                 at::Tensor& out) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t k = out.size(0), channels = out.size(1), out_h = out.size(2), out_w = out.size(3);
+  const int64_t height = features.size(2), width = features.size(3);
+  std::vector<BilinearTap<acc_t>> ty, tx;
+  compute_taps<acc_t>(boxes, height, width, out_h, out_w, align_corners, ty, tx);
+  const scalar_t* f = features.data_ptr<scalar_t>();
+  scalar_t* o = out.data_ptr<scalar_t>();
+  const int64_t pixels = k * out_h * out_w;
+  at::parallel_for(0, pixels, grain_for(pixels, pixels * channels * 4), [&](int64_t p0, int64_t p1) {
+    for (int64_t job = p0; job < p1; ++job) {
+      const int64_t i = job / (out_h * out_w), y = (job / out_w) % out_h, x = job % out_w;
+      const BilinearTap<acc_t>& a = ty[i * out_h + y];
+      const BilinearTap<acc_t>& b = tx[i * out_w + x];
+      scalar_t* dst = o + job * channels;
+      if (!a.valid || !b.valid) {
+        std::fill(dst, dst + channels, scalar_t(0));
+        continue;
+      }
+      const scalar_t* image = f + bidx[i] * height * width * channels;
+      const scalar_t* p1 = image + (a.lo * width + b.lo) * channels;
+      const scalar_t* p2 = image + (a.lo * width + b.hi) * channels;
+      const scalar_t* p3 = image + (a.hi * width + b.lo) * channels;
+      const scalar_t* p4 = image + (a.hi * width + b.hi) * channels;
+      for (int64_t c = 0; c < channels; ++c) {
+        dst[c] = static_cast<scalar_t>(bilinear_combine<acc_t>(a, b, p1[c], p2[c], p3[c], p4[c]));
+      }
+    }
+  });
+}
+
 at::Tensor crop_and_resize_cpu(const at::Tensor& features, const at::Tensor& boxes, const at::Tensor& batch_idx,
                                at::IntArrayRef out_size, bool align_corners) {
   check_crop_inputs(features, boxes, batch_idx, out_size);
   const int64_t k = boxes.size(0);
-  at::Tensor out = at::empty({k, features.size(1), out_size[0], out_size[1]}, features.options());
+  const bool channels_last = !features.is_contiguous() && features.is_contiguous(at::MemoryFormat::ChannelsLast);
+  at::Tensor out = at::empty({k, features.size(1), out_size[0], out_size[1]},
+                             features.options().memory_format(channels_last ? at::MemoryFormat::ChannelsLast
+                                                                            : at::MemoryFormat::Contiguous));
   if (out.numel() == 0) {
     return out;
   }
@@ -109,6 +148,11 @@ at::Tensor crop_and_resize_cpu(const at::Tensor& features, const at::Tensor& box
   for (int64_t i = 0; i < k; ++i) {
     TORCH_CHECK_VALUE(bp[i] >= 0 && bp[i] < features.size(0), "crop_and_resize: batch_idx[", i, "] = ", bp[i],
                       " is out of range for features with batch size ", features.size(0));
+  }
+  if (channels_last) {
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, features.scalar_type(), "ancis_crop_and_resize_cpu",
+                                    [&] { crop_pixels<scalar_t>(features, boxes, bp, align_corners, out); });
+    return out;
   }
   const at::Tensor f = features.contiguous();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, f.scalar_type(), "ancis_crop_and_resize_cpu",
