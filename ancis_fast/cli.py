@@ -45,8 +45,9 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                         choices=["reference", "eager", "torchscript", "compile", "tensorrt"],
                         help="reference: spec-exact (default); eager/torchscript/compile: the batched fast "
                              "pipeline; tensorrt: the same with a TensorRT detector (NVIDIA GPU, pip install .[tensorrt])")
-    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
-                        help="fast backends' network dtype (default: fp32); fp16 needs a GPU, bf16 works on CPUs")
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16", "int8"],
+                        help="fast backends' network dtype (default: fp32); fp16 needs a GPU, bf16 works on CPUs; "
+                             "int8 (CPU, eager/torchscript): the detector trunk int8, calibrated on synthetic images")
     parser.add_argument("--mode", default="fast", choices=["fast", "exact"],
                         help="fast backends' mask stage: size buckets (fast) or native crop sizes (exact)")
     parser.add_argument("--input-size", type=parse_size, default=(512, 512), help="network input HxW (default: 512)")

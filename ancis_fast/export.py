@@ -34,6 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from .backends import torchscript
+from .backends.precision import INT8
 from .io.writers import atomic_path
 from .pipeline.fast import FastCore, default_buckets
 
@@ -72,7 +73,8 @@ def export_core(predictor: "Predictor") -> FastCore:
     and settings on its device, independent of the predictor's own backend."""
     from .predictor import build_fast_pipeline
 
-    return build_fast_pipeline(predictor.detector, predictor.segmenter, predictor.config, predictor.device).core().eval()
+    return build_fast_pipeline(predictor.detector, predictor.segmenter, predictor.config, predictor.device,
+                               calibration=predictor.calibration_images).core().eval()
 
 
 class DetectionModule(nn.Module):
@@ -119,6 +121,9 @@ def export_aoti(predictor: "Predictor", path: PathLike, batch_size: int = 1) -> 
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size}; expected >= 1")
     _require_native("aoti")
+    if predictor.config.precision == INT8:
+        raise ExportUnavailable("precision='int8' exports as --format torchscript only: torch.export does not "
+                                "trace torch.ao's quantized tensors")
     module = DetectionModule(export_core(predictor)).eval()
     example = torch.zeros((batch_size, 3, *predictor.config.input_size), device=predictor.device)
     with torch.no_grad():

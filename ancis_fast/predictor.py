@@ -15,7 +15,7 @@ from .instances import Instances
 from .masks import PatchMasks, tight_patch
 from .io.readers import read_image
 from .backends.configure import BACKENDS, configure_pipeline
-from .backends.precision import check_precision, resolve_precision
+from .backends.precision import INT8, check_precision, resolve_precision
 from .models import build_detector, build_segmenter, default_weights, load_weights, make_priors
 from .models.weights import WeightsSource
 from .pipeline import reference
@@ -109,7 +109,9 @@ class Predictor:
             (the detector as a TensorRT engine, cached on disk; NVIDIA GPU and
             ``pip install .[tensorrt]``, see :mod:`ancis_fast.backends.tensorrt`).
         precision: ``"fp32"`` (default), ``"bf16"`` or ``"fp16"`` (GPU only): the dtype
-            of the fast backends' networks; the reference backend is fp32 only.
+            of the fast backends' networks; ``"int8"`` (CPU, eager or torchscript): the
+            detector trunk int8, calibrated on synthetic images (see :meth:`calibrate`),
+            the rest fp32; the reference backend is fp32 only.
         mode: for the fast backends, ``"fast"`` (size-bucketed mask stage, default) or
             ``"exact"`` (native crop sizes: the reference's masks up to float rounding).
         device: ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
@@ -168,6 +170,8 @@ class Predictor:
         self.detector = detector.to(self.device).eval()
         self.segmenter = segmenter.to(self.device).eval()
         self.priors = self.pipeline = None
+        #: the images int8's ranges were calibrated on (``None``: the default synthetic ones)
+        self.calibration_images: Optional[List[ImageInput]] = None
         if backend == "reference":
             self.priors = make_priors(*config.input_size, device=self.device, scale_height=config.prior_height)
         else:
@@ -219,6 +223,20 @@ class Predictor:
             bar.update(len(arrays))
         bar.close()
         return results  # type: ignore[return-value]
+
+    def calibrate(self, images: Sequence[ImageInput]) -> "Predictor":
+        """Set ``precision="int8"``'s activation ranges from ``images`` (paths or arrays;
+        a handful typical of the experiment) instead of the default synthetic images.
+        Returns the predictor."""
+        if self.config.precision != INT8:
+            raise ValueError(f"calibrate() sets int8 ranges; this predictor runs precision={self.config.precision!r}")
+        if len(images) == 0:
+            raise ValueError("calibrate() needs at least one image")
+        pipeline = build_fast_pipeline(self.detector, self.segmenter, self.config, self.device, self.backend,
+                                       calibration=images)
+        with self._lock:
+            self.pipeline, self.calibration_images = pipeline, list(images)
+        return self
 
     def stream(self, frames: Iterable[ImageInput], max_queue: int = 4, drop_oldest: bool = False) -> FrameStream:
         """Segment a sequence of frames (a live feed, a video, a folder) with decoding and
@@ -320,16 +338,25 @@ class Predictor:
 
 
 def build_fast_pipeline(detector: nn.Module, segmenter: nn.Module, config: PredictorConfig, device: torch.device,
-                        backend: str = "eager") -> FastPipeline:
+                        backend: str = "eager", calibration: Optional[Sequence["ImageInput"]] = None) -> FastPipeline:
     """The :class:`FastPipeline` of ``config`` on ``device``, turned into ``backend`` (one of
-    the fast backends) at ``config.precision``."""
+    the fast backends) at ``config.precision``; ``calibration`` images set int8's activation
+    ranges (default: seeded synthetic images)."""
+    int8 = config.precision == INT8
     pipeline = FastPipeline(
         detector, segmenter, config.input_size, config.conf_thresh, config.nms_thresh, config.mode,
         pre_nms_top_k=config.max_candidates, max_det=config.max_detections, channels_last=True,
-        scripted=backend == "torchscript", prior_height=config.prior_height,
+        scripted=backend == "torchscript" and not int8, prior_height=config.prior_height,
         buckets=config.mask_buckets or default_buckets(device),
     ).to(device)
-    return configure_pipeline(pipeline, backend, config.precision, device)
+    inputs = None
+    if int8:
+        from .backends.quantize import calibration_inputs
+
+        inputs = (calibration_inputs(config.input_size, config.normalization) if calibration is None else
+                  [preprocess(Predictor._load(image), config.input_size, config.normalization)[0]
+                   for image in calibration])
+    return configure_pipeline(pipeline, backend, config.precision, device, calibration=inputs)
 
 
 def _untimed(stage: str, fn: Callable[..., Any], *args: Any) -> Any:

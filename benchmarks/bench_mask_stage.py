@@ -1,38 +1,70 @@
 """Mask-stage cost on realistic boxes: the ground-truth boxes of a synthetic 512² image with
-~120 nuclei of ~24 px (random network weights: the cost does not depend on them).
+~120 nuclei of ~24 px (random network weights: the cost does not depend on them), with the
+FLOPs of each stage, so that times can be read against the machine's throughput.
 
     python benchmarks/bench_mask_stage.py
 """
-import sys, time; sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent.parent / "tests"))
+import sys
+import time
+from pathlib import Path
+
 import torch
-from conftest import random_models
-from ancis_fast.data.sample import boxes_from_labels
-from ancis_fast.data.synthetic import generate, SynthConfig
-from ancis_fast.pipeline import reference
-from ancis_fast.pipeline.fast import FastPipeline, Detections
-from ancis_fast.pipeline.preprocess import preprocess
-s = generate((7, 0), SynthConfig(size=(512, 512), diameter=(18, 30), count=(80, 140), p_16bit=0, p_colour=0, p_brightfield=0))
-out = boxes_from_labels(s.labels)
-gt = torch.as_tensor(out[0] if isinstance(out, tuple) else out, dtype=torch.float32)
-print("boxes", gt.shape, "mean size", (gt[:, 2:] - gt[:, :2]).mean(0).tolist())
-det, seg = random_models()
-x, orig = preprocess(s.image, (512, 512))
-def t(f, n=2):
-    f(); best = 1e9
-    for _ in range(n):
-        a = time.perf_counter(); f(); best = min(best, time.perf_counter() - a)
+from torch.utils.flop_counter import FlopCounterMode
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from conftest import random_models  # noqa: E402
+
+from ancis_fast.data.sample import boxes_from_labels  # noqa: E402
+from ancis_fast.data.synthetic import SynthConfig, generate  # noqa: E402
+from ancis_fast.pipeline import reference  # noqa: E402
+from ancis_fast.pipeline.fast import Detections, FastPipeline  # noqa: E402
+from ancis_fast.pipeline.preprocess import preprocess  # noqa: E402
+
+
+def best_seconds(fn, repeats: int = 3) -> float:
+    fn()
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
     return best
-with torch.inference_mode():
-    locs, conf, feats = det(x)
-    print("reference detector s", t(lambda: det(x), 1))
-    def ref_mask():
-        f = [seg.encode_c0(feats[0])] + list(feats[1:])
-        return reference.segment(seg, f, gt)
-    print("reference mask stage s", t(ref_mask, 1))
-    for mode in ("exact", "fast"):
-        fp = FastPipeline(det, seg, (512, 512), mode=mode)
-        xc = x.contiguous(memory_format=torch.channels_last)
-        _, _, ff = fp.detector(xc)
-        d = Detections(gt, torch.ones(len(gt)), torch.ones(len(gt), dtype=torch.long), torch.zeros(len(gt), dtype=torch.long))
-        print(mode, "fast detector s", t(lambda: fp.detector(xc), 1), "mask stage s", t(lambda: fp.segment(xc, ff, d)),
-              "paste s", t(lambda: fp.paste(d, *fp.segment(xc, ff, d), orig, 0.5), 1))
+
+
+def gflop(fn) -> float:
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops() / 1e9
+
+
+def report(name: str, fn, repeats: int = 3) -> None:
+    seconds, work = best_seconds(fn, repeats), gflop(fn)
+    print(f"{name:28s} {seconds * 1000:8.1f} ms  {work:6.1f} GFLOP  {work / seconds:6.1f} GFLOP/s")
+
+
+def main() -> None:
+    config = SynthConfig(size=(512, 512), diameter=(18, 30), count=(80, 140), p_16bit=0, p_colour=0, p_brightfield=0)
+    sample = generate((7, 0), config)
+    boxes = torch.as_tensor(boxes_from_labels(sample.labels)[0], dtype=torch.float32)
+    print(f"{len(boxes)} boxes, mean size {(boxes[:, 2:] - boxes[:, :2]).mean(0).tolist()} px; "
+          f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    detector, segmenter = random_models()
+    x, original_size = preprocess(sample.image, (512, 512))
+    with torch.inference_mode():
+        _, _, features = detector(x)
+        report("reference detector", lambda: detector(x), 1)
+        report("reference mask stage", lambda: reference.segment(
+            segmenter, [segmenter.encode_c0(features[0])] + list(features[1:]), boxes), 1)
+        detections = Detections(boxes, torch.ones(len(boxes)), torch.ones(len(boxes), dtype=torch.long),
+                                torch.zeros(len(boxes), dtype=torch.long))
+        for mode in ("exact", "fast"):
+            pipeline = FastPipeline(detector, segmenter, (512, 512), mode=mode)
+            x_fast, _, _, fast_features = pipeline.run_detector(x)
+            report(f"{mode}: detector", lambda: pipeline.run_detector(x))
+            report(f"{mode}: mask stage", lambda: pipeline.segment(x_fast, fast_features, detections))
+            probs, sizes = pipeline.segment(x_fast, fast_features, detections)
+            report(f"{mode}: paste", lambda: pipeline.paste(detections, probs, sizes, original_size, 0.5), 1)
+
+
+if __name__ == "__main__":
+    main()

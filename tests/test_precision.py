@@ -111,5 +111,6 @@ def test_cli_precision_flag(tmp_path):
     args = make_parser().parse_args(["predict", "x.png", "--out", str(tmp_path), "--precision", "bf16",
                                      "--backend", "compile"])
     assert args.precision == "bf16" and args.backend == "compile"
+    assert make_parser().parse_args(["predict", "x.png", "--out", str(tmp_path), "--precision", "int8"]).precision == "int8"
     with pytest.raises(SystemExit):
-        make_parser().parse_args(["predict", "x.png", "--out", str(tmp_path), "--precision", "int8"])
+        make_parser().parse_args(["predict", "x.png", "--out", str(tmp_path), "--precision", "int4"])

@@ -2,12 +2,12 @@
 by replacing its ``detector`` / ``segmenter`` modules with wrappers (same interface)."""
 from __future__ import annotations
 
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Sequence
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
-from .precision import CastDetector, CastSegmenter, resolve_precision
+from .precision import INT8, CastDetector, CastSegmenter, resolve_precision
 from .torchscript import script
 
 #: execution paths of :class:`~ancis_fast.Predictor`; all but ``reference`` run a FastPipeline
@@ -15,14 +15,24 @@ BACKENDS = ("reference", "eager", "torchscript", "compile", "tensorrt")
 
 
 def configure_pipeline(pipeline: nn.Module, backend: str, precision: str, device: torch.device,
-                       tensorrt_options: Optional[Dict[str, Any]] = None) -> nn.Module:
-    """Apply ``precision`` (``fp32``/``fp16``/``bf16``) and ``backend`` (``eager``,
-    ``torchscript`` - the pipeline was built scripted -, ``compile``, ``tensorrt``) to
-    ``pipeline`` in place; ``tensorrt_options`` go to
-    :func:`~ancis_fast.backends.tensorrt.tensorrt_detector`. Returns ``pipeline``."""
+                       tensorrt_options: Optional[Dict[str, Any]] = None,
+                       calibration: Optional[Sequence[Tensor]] = None) -> nn.Module:
+    """Apply ``precision`` (``fp32``/``fp16``/``bf16``/``int8``) and ``backend`` (``eager``,
+    ``torchscript`` - the pipeline was built scripted, except for int8 -, ``compile``,
+    ``tensorrt``) to ``pipeline`` in place; ``tensorrt_options`` go to
+    :func:`~ancis_fast.backends.tensorrt.tensorrt_detector`; ``calibration`` (network inputs)
+    sets int8's activation ranges (default: :func:`~ancis_fast.backends.quantize.calibration_inputs`).
+    Returns ``pipeline``."""
     if backend not in BACKENDS[1:]:
         raise ValueError(f"backend={backend!r} has no fast pipeline; choose one of {BACKENDS[1:]}")
     dtype = resolve_precision(precision, device, backend)
+    if precision == INT8:
+        from .quantize import calibration_inputs, quantize_trunk
+
+        pipeline.detector = quantize_trunk(pipeline.detector, calibration or calibration_inputs(pipeline.input_size))
+        if backend == "torchscript":
+            pipeline.detector = script(pipeline.detector)
+        return pipeline
     low = dtype != torch.float32
     if backend == "tensorrt":
         from .tensorrt import tensorrt_detector

@@ -13,12 +13,20 @@ import torch
 from torch import Tensor, nn
 
 PRECISIONS: Dict[str, torch.dtype] = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+#: int8 (:mod:`ancis_fast.backends.quantize`): the detector trunk int8, everything else fp32
+INT8 = "int8"
+INT8_BACKENDS = ("eager", "torchscript")
+#: every precision name a Predictor accepts
+PRECISION_NAMES = tuple(PRECISIONS) + (INT8,)
 
 
 def check_precision(precision: str) -> torch.dtype:
-    """The dtype of a precision name; ``ValueError`` for an unknown name."""
+    """The dtype the networks' floating-point layers run in at ``precision`` (fp32 for
+    ``"int8"``, whose int8 part is the detector trunk); ``ValueError`` for an unknown name."""
+    if precision == INT8:
+        return torch.float32
     if precision not in PRECISIONS:
-        raise ValueError(f"precision={precision!r}; expected one of {tuple(PRECISIONS)}")
+        raise ValueError(f"precision={precision!r}; expected one of {PRECISION_NAMES}")
     return PRECISIONS[precision]
 
 
@@ -26,13 +34,29 @@ def resolve_precision(precision: str, device: torch.device, backend: str = "eage
     """The dtype ``precision`` runs in on ``device`` with ``backend``, or a ``ValueError``
     saying what to use instead."""
     dtype = check_precision(precision)
-    if dtype != torch.float32 and backend == "reference":
+    if (dtype != torch.float32 or precision == INT8) and backend == "reference":
         raise ValueError(f"precision={precision!r} with backend='reference': the reference path is fp32 only; "
                          f"use precision='fp32' or a fast backend (eager, torchscript, compile, tensorrt)")
     if dtype == torch.float16 and device.type == "cpu":
         raise ValueError(f"precision='fp16' on device={str(device)!r}: CPUs have no fast fp16 kernels; "
                          f"use precision='bf16' on the CPU, or fp16 on a GPU (device='cuda')")
+    if precision == INT8:
+        _check_int8(device, backend)
     return dtype
+
+
+def _check_int8(device: torch.device, backend: str) -> None:
+    from .quantize import int8_available
+
+    if device.type != "cpu":
+        raise ValueError(f"precision='int8' on device={str(device)!r}: the int8 path is for CPUs; "
+                         f"use precision='fp16' on a GPU")
+    if backend not in INT8_BACKENDS:
+        raise ValueError(f"precision='int8' with backend={backend!r}: int8 runs with backend 'eager' or "
+                         f"'torchscript'")
+    available, why = int8_available()
+    if not available:
+        raise ValueError(f"precision='int8' is not available: {why}; use precision='fp32'")
 
 
 class CastDetector(nn.Module):

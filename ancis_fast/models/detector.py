@@ -18,6 +18,10 @@ def _extra_layer(in_ch: int, mid_ch: int, out_ch: int) -> nn.Sequential:
     )
 
 
+#: the modules :meth:`Detector.trunk` runs (and :meth:`Detector.heads` does not)
+TRUNK_MODULES = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3")
+
+
 class Detector(nn.Module):
     """ANCIS detector. Attribute names are the release's state-dict keys.
 
@@ -77,10 +81,21 @@ class Detector(nn.Module):
         return head_out.permute(0, 2, 3, 1).reshape(head_out.shape[0], -1, width)
 
     def forward(self, x: Tensor) -> Tuple[Tensor, Tensor, List[Tensor]]:
+        c1, c2, c3, c4 = self.trunk(x)
+        return self.heads(x, c1, c2, c3, c4)
+
+    def trunk(self, x: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+        """The ResNet features of ``x``: ``c1`` (stem, stride 2), ``c2`` (layer1, stride 4),
+        ``c3`` (layer2, stride 8), ``c4`` (layer3, stride 16)."""
         c1 = self.relu(self.bn1(self.conv1(x)))
         c2 = self.layer1(self.maxpool(c1))
         c3 = self.layer2(c2)
         c4 = self.layer3(c3)
+        return c1, c2, c3, c4
+
+    def heads(self, x: Tensor, c1: Tensor, c2: Tensor, c3: Tensor, c4: Tensor) -> Tuple[Tensor, Tensor, List[Tensor]]:
+        """Everything after :meth:`trunk` (extra layers, fusion, attention, SSD heads): the
+        outputs of :meth:`forward`."""
         c5 = self.new_layer1(c4)
         c6 = self.new_layer2(c5)
 
