@@ -1,4 +1,6 @@
 """The fast pipeline against the reference path (seeded random weights)."""
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -109,3 +111,29 @@ def test_decoder_steps_batch_boxes_across_level0_sizes(soft_models):
             h, w = alone_sizes[0].tolist()
             assert sizes[k].tolist() == [h, w]
             torch.testing.assert_close(probs[k, :h, :w], alone[0, :h, :w], atol=1e-5, rtol=0)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_mask_stage_synchronises_once_on_a_gpu(soft_models):
+    """The decoder's groups are planned from one device-to-host copy; nothing else waits."""
+    from ancis_fast.pipeline.fast import Detections, FastPipeline
+
+    pipeline = FastPipeline(*soft_models, SIZE).cuda()
+    sides = torch.tensor([12.0, 20.0, 33.0, 34.0, 50.0], device="cuda")
+    boxes = torch.stack([torch.full_like(sides, 30.0), torch.full_like(sides, 20.0), 30 + sides, 20 + sides], 1)
+    ones = torch.ones(5, dtype=torch.long, device="cuda")
+    det = Detections(boxes, ones.float(), ones, ones * 0)
+    with torch.inference_mode():
+        x, _, _, features = pipeline.run_detector(torch.rand(1, 3, *SIZE, device="cuda"))
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                probs, sizes = pipeline.segment(x, features, det)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    syncs = [str(w.message) for w in caught if "synchroniz" in str(w.message)]
+    assert len(syncs) == 1, syncs
+    assert probs.shape[0] == 5 and bool((sizes > 0).all())

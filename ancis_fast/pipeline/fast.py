@@ -177,6 +177,11 @@ def _merge_by_shape(members: List[Tensor], states: List[Tensor]) -> Tuple[List[T
     return [_cat(m) for m in grouped_members], [_cat(x) for x in grouped_states]
 
 
+def _to(index: Tensor, device: torch.device) -> Tensor:
+    """A host index tensor on ``device``, copied without waiting for the device."""
+    return index.to(device, non_blocking=True)
+
+
 def _cat(tensors: List[Tensor]) -> Tensor:
     return tensors[0] if len(tensors) == 1 else torch.cat(tensors)
 
@@ -209,7 +214,6 @@ class FastCore(nn.Module):
     channels_last: bool
     halo: int
     buckets: List[int]
-    bucket_lengths: List[List[int]]
 
     def __init__(self, detector: nn.Module, segmenter: nn.Module, priors: Tensor, input_size: Tuple[int, int],
                  conf_thresh: float = 0.3, nms_thresh: float = 0.3, mode: str = "fast",
@@ -225,8 +229,10 @@ class FastCore(nn.Module):
         self.channels_last = channels_last
         self.halo = HALO
         self.buckets = list(check_buckets(buckets))
-        # bucket_lengths[i][level]: crop length on ``level`` of bucket i (level_shape)
-        self.bucket_lengths = [[level_shape(b, level) for level in range(NUM_LEVELS)] for b in self.buckets]
+        # bucket_lengths[i, level]: crop length on ``level`` of bucket i (level_shape); a buffer,
+        # so that it lives on the pipeline's device
+        lengths = [[level_shape(b, level) for level in range(NUM_LEVELS)] for b in self.buckets]
+        self.register_buffer("bucket_lengths", torch.tensor(lengths, dtype=torch.long), persistent=False)
         self.register_buffer("priors", priors, persistent=False)
 
     def core(self) -> "FastCore":
@@ -288,7 +294,8 @@ class FastCore(nn.Module):
         probs = image.new_zeros((k, height, width))
         for index, p in zip(members, group_probs):
             probs[index, : p.shape[-2], : p.shape[-1]] = p[:, 0].to(probs.dtype)
-            mask_sizes[index] = torch.tensor([p.shape[-2], p.shape[-1]], device=image.device)
+            mask_sizes[index, 0] = p.shape[-2]
+            mask_sizes[index, 1] = p.shape[-1]
         return probs, mask_sizes
 
     def _crop_shapes(self, bounds: Tensor, num_levels: Tensor) -> Tensor:
@@ -297,7 +304,7 @@ class FastCore(nn.Module):
         of the bucket of its level-0 size."""
         sizes = bounds[..., 2:] - bounds[..., :2] + 1  # [K, L, 2]
         if self.mode == "fast":
-            lengths = torch.tensor(self.bucket_lengths, dtype=torch.long, device=bounds.device)  # [buckets, L]
+            lengths = self.bucket_lengths  # [buckets, L]
             index = bucket_index(sizes[:, 0], self.buckets)  # [K, 2]
             sizes = torch.stack([lengths[index[:, 0], : sizes.shape[1]], lengths[index[:, 1], : sizes.shape[1]]], dim=2)
         used = torch.arange(sizes.shape[1], device=bounds.device)[None, :] < num_levels[:, None]
@@ -309,25 +316,32 @@ class FastCore(nn.Module):
         boxes that share its input and output crop shapes, so the deep, weight-heavy steps
         see large batches even when level-0 sizes vary. Returns groups of boxes: members
         ``[G]`` and mask probabilities ``[G,1,h,w]``. A box with ``L`` levels starts at
-        level ``L-1`` with its crop there; boxes with no level get no mask."""
-        members: List[Tensor] = []
+        level ``L-1`` with its crop there; boxes with no level get no mask.
+
+        The groups are planned on the host from one copy of ``shapes`` and ``num_levels``
+        (on a GPU, the mask stage's only synchronisation); only index tensors go back."""
+        device = image.device
+        plan = torch.cat([shapes.flatten(1), num_levels[:, None]], dim=1).cpu()  # one copy, one sync
+        host_shapes, host_levels = plan[:, :-1].reshape(shapes.shape), plan[:, -1]
+        members: List[Tensor] = []  # host indices
         states: List[Tensor] = []
-        for level in range(shapes.shape[1] - 1, -1, -1):
+        for level in range(host_shapes.shape[1] - 1, -1, -1):
             next_members: List[Tensor] = []
             next_states: List[Tensor] = []
             for index, state in zip(members, states):
-                for rows, shape in _split_by_shape(shapes[index, level]):
+                for rows, shape in _split_by_shape(host_shapes[index, level]):
                     part = index[rows]
-                    skip = self._crop(level, image, features, bounds, batch_idx, part, shape)
+                    skip = self._crop(level, image, features, bounds, batch_idx, _to(part, device), shape)
+                    pre = state if rows.shape[0] == state.shape[0] else state[_to(rows, device)]
                     next_members.append(part)
-                    next_states.append(self.segmenter.decode_stage(level, state[rows], skip))
-            starts = (num_levels == level + 1).nonzero().flatten()
-            for rows, shape in _split_by_shape(shapes[starts, level]):
+                    next_states.append(self.segmenter.decode_stage(level, pre, skip))
+            starts = (host_levels == level + 1).nonzero().flatten()
+            for rows, shape in _split_by_shape(host_shapes[starts, level]):
                 part = starts[rows]
                 next_members.append(part)
-                next_states.append(self._crop(level, image, features, bounds, batch_idx, part, shape))
+                next_states.append(self._crop(level, image, features, bounds, batch_idx, _to(part, device), shape))
             members, states = _merge_by_shape(next_members, next_states)
-        return members, [self.segmenter.head(state) for state in states]
+        return [_to(index, device) for index in members], [self.segmenter.head(state) for state in states]
 
     def _crop(self, level: int, image: Tensor, features: List[Tensor], bounds: Tensor, batch_idx: Tensor,
               part: Tensor, shape: List[int]) -> Tensor:
