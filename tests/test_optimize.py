@@ -4,7 +4,7 @@ import torch
 
 from ancis_fast.backends.optimize import fold_batchnorm, fuse_attention, optimize_for_inference
 from ancis_fast.models import build_detector
-from ancis_fast.models.attention import FusedSelfAttention, SelfAttention
+from ancis_fast.models.attention import FusedSelfAttention, SelfAttention, blocked_attention
 
 
 @pytest.fixture(scope="module")
@@ -27,12 +27,21 @@ def _outputs(model, x):
     return [locs, conf] + list(feats)
 
 
-def test_fused_attention_equals_reference():
+@pytest.mark.parametrize("size", [(5, 7), (40, 41)])  # 35 positions: one block; 1640: two blocks of queries
+def test_fused_attention_equals_reference(size):
     torch.manual_seed(1)
     att = SelfAttention(64)
-    x = torch.randn(2, 64, 5, 7)
+    x = torch.randn(2, 64, *size)
     with torch.no_grad():
         torch.testing.assert_close(FusedSelfAttention(att)(x), att(x), atol=1e-5, rtol=1e-5)
+
+
+def test_blocked_attention_equals_unblocked_for_any_block():
+    g = torch.Generator().manual_seed(3)
+    query, key, value = torch.randn(2, 300, 8, generator=g), torch.randn(2, 300, 8, generator=g), torch.randn(2, 300, 5, generator=g)
+    expected = torch.softmax(query @ key.transpose(1, 2), dim=-1) @ value
+    for block in (1, 7, 128, 300, 1000):
+        torch.testing.assert_close(blocked_attention(query, key, value, block), expected, atol=1e-6, rtol=1e-6)
 
 
 @pytest.mark.parametrize("channels_last", [False, True])
