@@ -56,35 +56,45 @@ void compute_taps(const at::Tensor& boxes, int64_t height, int64_t width, int64_
   });
 }
 
+// Sizes and bilinear taps shared by both memory layouts' loops.
+template <typename acc_t>
+struct CropGeometry {
+  int64_t k, channels, out_h, out_w, height, width;
+  std::vector<BilinearTap<acc_t>> ty, tx;  // [k * out_h], [k * out_w]
+
+  CropGeometry(const at::Tensor& features, const at::Tensor& boxes, const at::Tensor& out, bool align_corners)
+      : k(out.size(0)), channels(out.size(1)), out_h(out.size(2)), out_w(out.size(3)), height(features.size(2)),
+        width(features.size(3)) {
+    compute_taps<acc_t>(boxes, height, width, out_h, out_w, align_corners, ty, tx);
+  }
+};
+
 template <typename scalar_t>
 void crop_planes(const at::Tensor& features, const at::Tensor& boxes, const int64_t* bidx, bool align_corners,
                  at::Tensor& out) {
   using acc_t = at::opmath_type<scalar_t>;
-  const int64_t k = out.size(0), channels = out.size(1), out_h = out.size(2), out_w = out.size(3);
-  const int64_t height = features.size(2), width = features.size(3);
-  std::vector<BilinearTap<acc_t>> ty, tx;
-  compute_taps<acc_t>(boxes, height, width, out_h, out_w, align_corners, ty, tx);
+  const CropGeometry<acc_t> g(features, boxes, out, align_corners);
   const scalar_t* f = features.data_ptr<scalar_t>();
   scalar_t* o = out.data_ptr<scalar_t>();
-  const int64_t grain = grain_for(k * channels, k * channels * out_h * out_w * 4);
+  const int64_t planes = g.k * g.channels;
   // Channel-major order: all boxes sample one channel plane while it is in cache; box-major
   // order would fetch a new plane for every (box, channel) and wait on memory.
-  at::parallel_for(0, k * channels, grain, [&](int64_t p0, int64_t p1) {
+  at::parallel_for(0, planes, grain_for(planes, planes * g.out_h * g.out_w * 4), [&](int64_t p0, int64_t p1) {
     for (int64_t job = p0; job < p1; ++job) {
-      const int64_t c = job / k, i = job % k;
-      const scalar_t* src = f + (bidx[i] * channels + c) * height * width;
-      scalar_t* dst = o + (i * channels + c) * out_h * out_w;
-      for (int64_t y = 0; y < out_h; ++y) {
-        const BilinearTap<acc_t>& a = ty[i * out_h + y];
-        scalar_t* out_row = dst + y * out_w;
+      const int64_t c = job / g.k, i = job % g.k;
+      const scalar_t* src = f + (bidx[i] * g.channels + c) * g.height * g.width;
+      scalar_t* dst = o + (i * g.channels + c) * g.out_h * g.out_w;
+      for (int64_t y = 0; y < g.out_h; ++y) {
+        const BilinearTap<acc_t>& a = g.ty[i * g.out_h + y];
+        scalar_t* out_row = dst + y * g.out_w;
         if (!a.valid) {
-          std::fill(out_row, out_row + out_w, scalar_t(0));
+          std::fill(out_row, out_row + g.out_w, scalar_t(0));
           continue;
         }
-        const scalar_t* row_lo = src + a.lo * width;
-        const scalar_t* row_hi = src + a.hi * width;
-        for (int64_t x = 0; x < out_w; ++x) {
-          const BilinearTap<acc_t>& b = tx[i * out_w + x];
+        const scalar_t* row_lo = src + a.lo * g.width;
+        const scalar_t* row_hi = src + a.hi * g.width;
+        for (int64_t x = 0; x < g.out_w; ++x) {
+          const BilinearTap<acc_t>& b = g.tx[i * g.out_w + x];
           acc_t v = 0;
           if (b.valid) {
             v += bilinear_combine<acc_t>(a, b, row_lo[b.lo], row_lo[b.hi], row_hi[b.lo], row_hi[b.hi]);
@@ -103,30 +113,28 @@ template <typename scalar_t>
 void crop_pixels(const at::Tensor& features, const at::Tensor& boxes, const int64_t* bidx, bool align_corners,
                  at::Tensor& out) {
   using acc_t = at::opmath_type<scalar_t>;
-  const int64_t k = out.size(0), channels = out.size(1), out_h = out.size(2), out_w = out.size(3);
-  const int64_t height = features.size(2), width = features.size(3);
-  std::vector<BilinearTap<acc_t>> ty, tx;
-  compute_taps<acc_t>(boxes, height, width, out_h, out_w, align_corners, ty, tx);
+  const CropGeometry<acc_t> g(features, boxes, out, align_corners);
   const scalar_t* f = features.data_ptr<scalar_t>();
   scalar_t* o = out.data_ptr<scalar_t>();
-  const int64_t pixels = k * out_h * out_w;
-  at::parallel_for(0, pixels, grain_for(pixels, pixels * channels * 4), [&](int64_t p0, int64_t p1) {
+  const int64_t pixels = g.k * g.out_h * g.out_w;
+  at::parallel_for(0, pixels, grain_for(pixels, pixels * g.channels * 4), [&](int64_t p0, int64_t p1) {
     for (int64_t job = p0; job < p1; ++job) {
-      const int64_t i = job / (out_h * out_w), y = (job / out_w) % out_h, x = job % out_w;
-      const BilinearTap<acc_t>& a = ty[i * out_h + y];
-      const BilinearTap<acc_t>& b = tx[i * out_w + x];
-      scalar_t* dst = o + job * channels;
+      const int64_t i = job / (g.out_h * g.out_w), y = (job / g.out_w) % g.out_h, x = job % g.out_w;
+      const BilinearTap<acc_t>& a = g.ty[i * g.out_h + y];
+      const BilinearTap<acc_t>& b = g.tx[i * g.out_w + x];
+      scalar_t* dst = o + job * g.channels;
       if (!a.valid || !b.valid) {
-        std::fill(dst, dst + channels, scalar_t(0));
+        std::fill(dst, dst + g.channels, scalar_t(0));
         continue;
       }
-      const scalar_t* image = f + bidx[i] * height * width * channels;
-      const scalar_t* p1 = image + (a.lo * width + b.lo) * channels;
-      const scalar_t* p2 = image + (a.lo * width + b.hi) * channels;
-      const scalar_t* p3 = image + (a.hi * width + b.lo) * channels;
-      const scalar_t* p4 = image + (a.hi * width + b.hi) * channels;
-      for (int64_t c = 0; c < channels; ++c) {
-        dst[c] = static_cast<scalar_t>(bilinear_combine<acc_t>(a, b, p1[c], p2[c], p3[c], p4[c]));
+      const scalar_t* image = f + bidx[i] * g.height * g.width * g.channels;
+      const scalar_t* top_left = image + (a.lo * g.width + b.lo) * g.channels;
+      const scalar_t* top_right = image + (a.lo * g.width + b.hi) * g.channels;
+      const scalar_t* bottom_left = image + (a.hi * g.width + b.lo) * g.channels;
+      const scalar_t* bottom_right = image + (a.hi * g.width + b.hi) * g.channels;
+      for (int64_t c = 0; c < g.channels; ++c) {
+        dst[c] = static_cast<scalar_t>(
+            bilinear_combine<acc_t>(a, b, top_left[c], top_right[c], bottom_left[c], bottom_right[c]));
       }
     }
   });
