@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 from typing import List, Optional, Sequence
 
+MAX_CALIBRATION_IMAGES = 8
+
 #: modules with a ``register(subparsers)`` function that adds their subcommands
 SUBCOMMAND_MODULES: List[str] = [
     "ancis_fast.data.cli", "ancis_fast.train.cli", "ancis_fast.evaluate", "ancis_fast.export_cli",
@@ -45,15 +47,34 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                         choices=["reference", "eager", "torchscript", "compile", "tensorrt"],
                         help="reference: spec-exact (default); eager/torchscript/compile: the batched fast "
                              "pipeline; tensorrt: the same with a TensorRT detector (NVIDIA GPU, pip install .[tensorrt])")
-    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16", "int8"],
-                        help="fast backends' network dtype (default: fp32); fp16 needs a GPU, bf16 works on CPUs; "
-                             "int8 (CPU, eager/torchscript): the detector trunk int8, calibrated on synthetic images")
+    add_precision_arguments(parser)
     parser.add_argument("--mode", default="fast", choices=["fast", "exact"],
                         help="fast backends' mask stage: size buckets (fast) or native crop sizes (exact)")
     parser.add_argument("--input-size", type=parse_size, default=(512, 512), help="network input HxW (default: 512)")
     add_detection_arguments(parser)
     parser.add_argument("--normalize", default="auto", choices=["auto", "percentile", "minmax", "none"],
                         help="conversion of non-8-bit images to 8-bit (default: auto = percentiles 1/99.8)")
+
+
+def add_precision_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--precision`` and int8's ``--calibrate`` (see :func:`calibrate_from_args`)."""
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16", "int8"],
+                        help="fast backends' network dtype (default: fp32); fp16 needs a GPU, bf16 works on CPUs; "
+                             "int8 (CPU, eager/torchscript): the detector trunk int8, calibrated on synthetic images")
+    parser.add_argument("--calibrate", nargs="+", metavar="IMAGE_OR_DIR",
+                        help=f"with --precision int8: images (or folders of them; the first {MAX_CALIBRATION_IMAGES} "
+                             "are used) to calibrate int8's ranges on (default: synthetic images)")
+
+
+def calibrate_from_args(predictor, args: argparse.Namespace) -> None:
+    """Apply ``--calibrate`` to ``predictor`` (nothing without it)."""
+    from .io.readers import find_images
+
+    if getattr(args, "calibrate", None):
+        images = find_images(args.calibrate)[:MAX_CALIBRATION_IMAGES]
+        if not images:
+            raise ValueError(f"--calibrate {' '.join(args.calibrate)}: no images found")
+        predictor.calibrate(images)
 
 
 def add_detection_arguments(parser: argparse.ArgumentParser) -> None:
@@ -76,9 +97,11 @@ def detection_options(args: argparse.Namespace) -> dict:
 def build_predictor(args: argparse.Namespace):
     from . import Predictor
 
-    return Predictor(args.weights_det, args.weights_seg, backbone=args.backbone, backend=args.backend,
-                     mode=args.mode, device=args.device, precision=getattr(args, "precision", "fp32"),
-                     input_size=args.input_size, normalize=args.normalize, **detection_options(args))
+    predictor = Predictor(args.weights_det, args.weights_seg, backbone=args.backbone, backend=args.backend,
+                          mode=args.mode, device=args.device, precision=getattr(args, "precision", "fp32"),
+                          input_size=args.input_size, normalize=args.normalize, **detection_options(args))
+    calibrate_from_args(predictor, args)
+    return predictor
 
 
 def output_stems(paths: Sequence[Path]) -> List[str]:

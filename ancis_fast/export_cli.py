@@ -6,7 +6,7 @@ import sys
 import time
 from pathlib import Path
 
-from .cli import add_detection_arguments, detection_options, parse_size
+from .cli import add_detection_arguments, add_precision_arguments, calibrate_from_args, detection_options, parse_size
 
 HELP = """\
 formats (all take the network input [B,3,H,W] float32, BGR in [0,1] at --input-size):
@@ -29,8 +29,12 @@ def _export(args: argparse.Namespace) -> int:
     from .pipeline.preprocess import preprocess
 
     try:
+        # the export builds its own pipeline; a fast backend only so that the precision is accepted
+        backend = "reference" if args.precision == "fp32" else "eager"
         predictor = Predictor(args.weights_det, args.weights_seg, backbone=args.backbone, device=args.device,
-                              input_size=args.input_size, mode=args.mode, **detection_options(args))
+                              backend=backend, precision=args.precision, input_size=args.input_size, mode=args.mode,
+                              **detection_options(args))
+        calibrate_from_args(predictor, args)
         if args.example_input:  # read the image first: a bad one should not leave a fresh export behind
             image = read_image(args.image or Path(__file__).parent / "assets" / "sample.png")
             x, _ = preprocess(image, predictor.config.input_size, predictor.config.normalization)
@@ -62,6 +66,7 @@ def register(subparsers) -> None:
                         help="mask stage: size buckets (fast, default) or native crop sizes (exact)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N: where the export runs (default: cpu)")
     add_detection_arguments(parser)
+    add_precision_arguments(parser)
     parser.add_argument("--batch-size", type=int, default=1, help="aoti only: the fixed batch size (default: 1)")
     parser.add_argument("--example-input", metavar="F",
                         help="also write a preprocessed input tensor for the C++ runner ancis_run")

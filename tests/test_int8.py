@@ -127,3 +127,16 @@ def test_quantization_import_leaves_no_stale_builtins(int8_eager):
     from ancis_fast.backends.torchscript import stale_builtins
 
     assert stale_builtins() == []
+
+
+def test_cli_predicts_in_int8_calibrated_on_given_images(tmp_path, capsys):
+    from ancis_fast.cli import main
+
+    out = tmp_path / "out"
+    code = main(["predict", str(ASSETS / "sample.png"), "--backend", "eager", "--precision", "int8",
+                 "--calibrate", str(ASSETS / "sample.png"), "--out", str(out), "--quiet"])
+    assert code == 0, capsys.readouterr().err
+    assert (out / "sample_labels.tif").is_file()
+    code = main(["predict", str(ASSETS / "sample.png"), "--backend", "eager", "--calibrate", str(ASSETS / "sample.png"),
+                 "--out", str(out), "--quiet"])
+    assert code == 2 and "int8" in capsys.readouterr().err
