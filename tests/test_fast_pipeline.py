@@ -137,3 +137,12 @@ def test_mask_stage_synchronises_once_on_a_gpu(soft_models):
     syncs = [str(w.message) for w in caught if "synchroniz" in str(w.message)]
     assert len(syncs) == 1, syncs
     assert probs.shape[0] == 5 and bool((sizes > 0).all())
+
+
+def test_core_buffers_live_with_the_priors():
+    """FastCore.core() (what export scripts) builds its buffers where the pipeline's priors are."""
+    from ancis_fast.pipeline.fast import FastCore
+
+    priors = torch.zeros(10, 4, device="meta")
+    core = FastCore(torch.nn.Identity(), torch.nn.Identity(), priors, SIZE)
+    assert core.bucket_lengths.device == priors.device and core.core().bucket_lengths.device == priors.device

@@ -232,7 +232,8 @@ class FastCore(nn.Module):
         # bucket_lengths[i, level]: crop length on ``level`` of bucket i (level_shape); a buffer,
         # so that it lives on the pipeline's device
         lengths = [[level_shape(b, level) for level in range(NUM_LEVELS)] for b in self.buckets]
-        self.register_buffer("bucket_lengths", torch.tensor(lengths, dtype=torch.long), persistent=False)
+        self.register_buffer("bucket_lengths", torch.tensor(lengths, dtype=torch.long, device=priors.device),
+                             persistent=False)
         self.register_buffer("priors", priors, persistent=False)
 
     def core(self) -> "FastCore":
