@@ -73,7 +73,7 @@ def test_torchscript_backend_equals_eager(soft_models):
 
 def test_buckets():
     def bucket_size(length):
-        return BUCKETS[int(bucket_index(torch.tensor([length]), list(BUCKETS)))]
+        return BUCKETS[int(bucket_index(torch.tensor([length]), torch.tensor(BUCKETS)))]
 
     assert bucket_size(1) == 8 and bucket_size(24) == 24 and bucket_size(25) == 28 and bucket_size(10_000) == 512
     assert [level_shape(24, i) for i in range(5)] == [24, 12, 6, 3, 3]
@@ -145,4 +145,5 @@ def test_core_buffers_live_with_the_priors():
 
     priors = torch.zeros(10, 4, device="meta")
     core = FastCore(torch.nn.Identity(), torch.nn.Identity(), priors, SIZE)
-    assert core.bucket_lengths.device == priors.device and core.core().bucket_lengths.device == priors.device
+    for module in (core, core.core()):
+        assert module.bucket_lengths.device == module.bucket_edges.device == priors.device

@@ -84,17 +84,24 @@ def level_crop_bounds(boxes: Tensor, input_size: Sequence[int],
     return level_crop_bounds_unchecked(boxes, [height, width], sizes)
 
 
+def _yxyx(height: int, width: int, like: Tensor) -> Tensor:
+    """``[height, width, height, width]`` with ``like``'s dtype and device, made there (a
+    tensor from a list would be a host-to-device copy, and a GPU synchronisation)."""
+    scale = like.new_full((4,), float(height))
+    scale[1::2] = float(width)
+    return scale
+
+
 def level_crop_bounds_unchecked(boxes: Tensor, input_size: List[int],
                                 level_sizes: List[List[int]]) -> Tuple[Tensor, Tensor]:
     """:func:`level_crop_bounds` without input checks; TorchScript-compatible."""
     height, width = input_size[0], input_size[1]
-    normalised = boxes / torch.tensor([height, width, height, width], dtype=boxes.dtype, device=boxes.device)
+    normalised = boxes / _yxyx(height, width, boxes)
     bounds: List[Tensor] = []
     valid: List[Tensor] = []
     for size in level_sizes:
         h, w = size[0], size[1]
-        scale = torch.tensor([h, w, h, w], dtype=boxes.dtype, device=boxes.device)
-        scaled = torch.round(normalised * scale)  # half to even, as the reference
+        scaled = torch.round(normalised * _yxyx(h, w, boxes))  # half to even, as the reference
         finite = torch.isfinite(scaled).all(dim=1)
         scaled = torch.nan_to_num(scaled, nan=0.0).clamp(-2.0**40, 2.0**40).to(torch.long)
         y1, x1 = scaled[:, 0].clamp(min=0), scaled[:, 1].clamp(min=0)

@@ -65,11 +65,10 @@ class Detections:
         return Detections(self.boxes[keep], self.scores[keep], self.labels[keep], self.batch_idx[keep])
 
 
-def bucket_index(lengths: Tensor, buckets: List[int]) -> Tensor:
-    """Index into ``buckets`` (ascending) of the smallest bucket >= each of ``lengths``
-    (the largest bucket for longer crops); same shape as ``lengths``."""
-    edges = torch.tensor(buckets, dtype=lengths.dtype, device=lengths.device)
-    return torch.bucketize(lengths.contiguous(), edges).clamp(max=len(buckets) - 1)
+def bucket_index(lengths: Tensor, buckets: Tensor) -> Tensor:
+    """Index into ``buckets`` (ascending, on ``lengths``' device) of the smallest bucket >=
+    each of ``lengths`` (the largest bucket for longer crops); same shape as ``lengths``."""
+    return torch.bucketize(lengths.contiguous(), buckets).clamp(max=buckets.shape[0] - 1)
 
 
 def default_buckets(device: torch.device) -> Tuple[int, ...]:
@@ -229,10 +228,12 @@ class FastCore(nn.Module):
         self.channels_last = channels_last
         self.halo = HALO
         self.buckets = list(check_buckets(buckets))
-        # bucket_lengths[i, level]: crop length on ``level`` of bucket i (level_shape); a buffer,
-        # so that it lives on the pipeline's device
+        # bucket_lengths[i, level]: crop length on ``level`` of bucket i (level_shape); buffers,
+        # so that they live on the pipeline's device
         lengths = [[level_shape(b, level) for level in range(NUM_LEVELS)] for b in self.buckets]
         self.register_buffer("bucket_lengths", torch.tensor(lengths, dtype=torch.long, device=priors.device),
+                             persistent=False)
+        self.register_buffer("bucket_edges", torch.tensor(self.buckets, dtype=torch.long, device=priors.device),
                              persistent=False)
         self.register_buffer("priors", priors, persistent=False)
 
@@ -306,7 +307,7 @@ class FastCore(nn.Module):
         sizes = bounds[..., 2:] - bounds[..., :2] + 1  # [K, L, 2]
         if self.mode == "fast":
             lengths = self.bucket_lengths  # [buckets, L]
-            index = bucket_index(sizes[:, 0], self.buckets)  # [K, 2]
+            index = bucket_index(sizes[:, 0], self.bucket_edges)  # [K, 2]
             sizes = torch.stack([lengths[index[:, 0], : sizes.shape[1]], lengths[index[:, 1], : sizes.shape[1]]], dim=2)
         used = torch.arange(sizes.shape[1], device=bounds.device)[None, :] < num_levels[:, None]
         return sizes * used[:, :, None]
