@@ -81,6 +81,11 @@ log "native error check done: $(grep -h 'native error' "$OUT/tests.log" | tr '\n
 } >>"$OUT/bench.log" 2>&1
 log "bench_ops done"
 {
+  timeout 60 "$PY" benchmarks/bench_mask_stage.py --device cuda 2>&1 | tail -10
+  echo "bench_mask_stage exit ${PIPESTATUS[0]}"
+} >>"$OUT/bench.log" 2>&1
+log "bench_mask_stage done"
+{
   timeout 90 "$PY" benchmarks/fps.py --device cuda --backends reference,eager,torchscript --batch 1,8 \
       --precision fp32,fp16 --warmup 2 --iters 8 --no-sweep --out /tmp/fps 2>&1 | tail -25
   echo "fps exit ${PIPESTATUS[0]}"

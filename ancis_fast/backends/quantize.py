@@ -1,9 +1,9 @@
 """int8 on the CPU (``precision="int8"``): the detector's ResNet trunk quantized with
 ``torch.ao`` (FX graph mode, post-training static, the ``x86`` engine's default qconfig:
-per-channel int8 weights, uint8 activations with a reduced range on CPUs without VNNI, so
-that AVX2's 16-bit intermediate sums cannot saturate).
+per-channel int8 weights, uint8 activations with a reduced 7-bit range, so that the 16-bit
+intermediate sums of CPUs without VNNI cannot saturate).
 
-Only the trunk (conv1 .. layer3, about 40% of the detector's FLOPs and its best-understood
+Only the trunk (conv1 .. layer3, about half of the detector's FLOPs and its best-understood
 part) runs int8; the extra layers, self-attention, SSD heads, detection and the mask network
 stay fp32. The answer changes slightly: opt-in, with its agreement measured next to its speed
 (``benchmarks/fps.py --precision int8``, README). Activation ranges are calibrated on
@@ -12,7 +12,7 @@ the user's own with :meth:`ancis_fast.Predictor.calibrate`.
 
 ``torch.ao.quantization`` is deprecated upstream in favour of ``torchao``'s PT2E flow (which
 needs ``torch.compile`` and minutes of CPU compilation per input shape); its warnings are
-silenced here, and the path is tested against every torch this project supports.
+silenced here, and ``int8_available`` says why when a torch lacks it (tests skip then).
 """
 # No `from __future__ import annotations`: FX copies _Trunk.forward's annotations into the
 # code it generates, which TorchScript must then read.
