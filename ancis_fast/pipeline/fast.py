@@ -296,8 +296,9 @@ class FastCore(nn.Module):
         probs = image.new_zeros((k, height, width))
         for index, p in zip(members, group_probs):
             probs[index, : p.shape[-2], : p.shape[-1]] = p[:, 0].to(probs.dtype)
-            mask_sizes[index, 0] = p.shape[-2]
-            mask_sizes[index, 1] = p.shape[-1]
+            # index_fill_ takes the sizes as kernel arguments: no host-to-device copy
+            mask_sizes[:, 0].index_fill_(0, index, p.shape[-2])
+            mask_sizes[:, 1].index_fill_(0, index, p.shape[-1])
         return probs, mask_sizes
 
     def _crop_shapes(self, bounds: Tensor, num_levels: Tensor) -> Tensor:
