@@ -9,6 +9,7 @@ import torch.nn.functional as F
 import torchvision
 
 from ancis_fast import ops
+from ancis_fast.backends.torchscript import script
 from ancis_fast.ops.crop_and_resize import crop_and_resize_torch
 from ancis_fast.pipeline import reference
 
@@ -196,7 +197,7 @@ def test_channels_last_features_give_channels_last_crops_of_equal_values(integer
 
 @needs_native
 def test_crop_and_resize_torchscript():
-    scripted = torch.jit.script(_scripted_crop)
+    scripted = script(_scripted_crop)
     features = _features(seed=15)
     boxes = _boxes(10, 33, 47, 15)
     batch_idx = torch.zeros(10, dtype=torch.long)

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from ancis_fast import ops
+from ancis_fast.backends.torchscript import script
 from ancis_fast.models import make_priors
 from ancis_fast.ops.detect import detect_torch
 from ancis_fast.pipeline import reference
@@ -181,7 +182,7 @@ def test_detect_opcheck():
 
 @needs_native
 def test_detect_torchscript():
-    scripted = torch.jit.script(_scripted_detect)
+    scripted = script(_scripted_detect)
     locs, conf, priors = _inputs(2, 64, 18, shift=-1.0)
     _assert_identical(_padded_to_list(scripted(locs, conf, priors)), _reference(locs, conf, priors))
 

@@ -9,6 +9,7 @@ import torch
 import torchvision
 
 from ancis_fast import ops
+from ancis_fast.backends.torchscript import script
 from ancis_fast.boxes import yxyx_to_xyxy
 from ancis_fast.ops.nms import batched_nms_torch, nms_torch
 
@@ -185,7 +186,7 @@ def test_nms_opcheck():
 
 @needs_native
 def test_nms_torchscript():
-    scripted = torch.jit.script(_scripted_nms)
+    scripted = script(_scripted_nms)
     boxes, scores = _boxes(300, 14)
     assert torch.equal(scripted(boxes, scores), _torchvision_nms(boxes, scores, 0.5))
 

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from ancis_fast import ops
+from ancis_fast.backends.torchscript import script
 from ancis_fast.ops.paste_masks import paste_labels_torch, paste_masks_torch
 from ancis_fast.pipeline import reference
 
@@ -168,7 +169,7 @@ def test_paste_opcheck():
 
 @needs_native
 def test_paste_torchscript():
-    scripted = torch.jit.script(_scripted_paste)
+    scripted = script(_scripted_paste)
     probs = torch.rand(5, 8, 8, generator=torch.Generator().manual_seed(8))
     boxes = _boxes(5, 30, 30, seed=8)
     assert torch.equal(scripted(probs, boxes), _reference_masks(probs, boxes, (30, 30), (30, 30)))

@@ -4,7 +4,7 @@ from __future__ import annotations
 import contextlib
 import os
 import warnings
-from typing import Dict, Iterator, List, Optional, Union
+from typing import Any, Callable, Dict, Iterator, List, Optional, Union
 
 import torch
 from torch import nn
@@ -19,12 +19,12 @@ def _quiet(call: str) -> Iterator[None]:
         yield
 
 
-def script(module: nn.Module) -> torch.jit.ScriptModule:
-    """``torch.jit.script`` without its deprecation warning, and safe from stale builtins
-    (:func:`drop_stale_builtins`)."""
+def script(obj: Union[nn.Module, Callable]) -> Any:
+    """``torch.jit.script`` of a module or function without its deprecation warning, and
+    safe from stale builtins (:func:`drop_stale_builtins`)."""
     drop_stale_builtins()
     with _quiet("script"):
-        return torch.jit.script(module)
+        return torch.jit.script(obj)
 
 
 def stale_builtins() -> List[int]:
