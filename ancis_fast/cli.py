@@ -57,7 +57,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_precision_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--precision`` and int8's ``--calibrate`` (see :func:`calibrate_from_args`)."""
+    """``--precision`` and int8's ``--calibrate`` (see :func:`calibration_images`)."""
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16", "int8"],
                         help="fast backends' network dtype (default: fp32); fp16 needs a GPU, bf16 works on CPUs; "
                              "int8 (CPU, eager/torchscript): the detector trunk int8, calibrated on synthetic images")
@@ -66,15 +66,16 @@ def add_precision_arguments(parser: argparse.ArgumentParser) -> None:
                              "are used) to calibrate int8's ranges on (default: synthetic images)")
 
 
-def calibrate_from_args(predictor, args: argparse.Namespace) -> None:
-    """Apply ``--calibrate`` to ``predictor`` (nothing without it)."""
+def calibration_images(args: argparse.Namespace) -> Optional[List[Path]]:
+    """The images of ``--calibrate`` (``None`` without it), for the Predictor's ``calibration``."""
     from .io.readers import find_images
 
-    if getattr(args, "calibrate", None):
-        images = find_images(args.calibrate)[:MAX_CALIBRATION_IMAGES]
-        if not images:
-            raise ValueError(f"--calibrate {' '.join(args.calibrate)}: no images found")
-        predictor.calibrate(images)
+    if not getattr(args, "calibrate", None):
+        return None
+    images = find_images(args.calibrate)[:MAX_CALIBRATION_IMAGES]
+    if not images:
+        raise ValueError(f"--calibrate {' '.join(args.calibrate)}: no images found")
+    return images
 
 
 def add_detection_arguments(parser: argparse.ArgumentParser) -> None:
@@ -97,11 +98,10 @@ def detection_options(args: argparse.Namespace) -> dict:
 def build_predictor(args: argparse.Namespace):
     from . import Predictor
 
-    predictor = Predictor(args.weights_det, args.weights_seg, backbone=args.backbone, backend=args.backend,
-                          mode=args.mode, device=args.device, precision=getattr(args, "precision", "fp32"),
-                          input_size=args.input_size, normalize=args.normalize, **detection_options(args))
-    calibrate_from_args(predictor, args)
-    return predictor
+    return Predictor(args.weights_det, args.weights_seg, backbone=args.backbone, backend=args.backend,
+                     mode=args.mode, device=args.device, precision=getattr(args, "precision", "fp32"),
+                     input_size=args.input_size, normalize=args.normalize, calibration=calibration_images(args),
+                     **detection_options(args))
 
 
 def output_stems(paths: Sequence[Path]) -> List[str]:

@@ -69,12 +69,15 @@ def export_config(predictor: "Predictor", fmt: str) -> Dict[str, Any]:
 
 
 def export_core(predictor: "Predictor") -> FastCore:
-    """A fresh :class:`FastCore` (BN-folded detector, eager modules) of ``predictor``'s models
-    and settings on its device, independent of the predictor's own backend."""
+    """A :class:`FastCore` (BN-folded detector, eager modules) of ``predictor``'s models and
+    settings on its device, whatever the predictor's own backend: an ``eager`` predictor's
+    own pipeline (not built, nor int8-calibrated, a second time), else a fresh one."""
     from .predictor import build_fast_pipeline
 
-    return build_fast_pipeline(predictor.detector, predictor.segmenter, predictor.config, predictor.device,
-                               calibration=predictor.calibration_images).core().eval()
+    pipeline = predictor.pipeline if predictor.backend == "eager" else build_fast_pipeline(
+        predictor.detector, predictor.segmenter, predictor.config, predictor.device,
+        calibration=predictor.calibration_images)
+    return pipeline.core().eval()
 
 
 class DetectionModule(nn.Module):

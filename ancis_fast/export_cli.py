@@ -6,7 +6,7 @@ import sys
 import time
 from pathlib import Path
 
-from .cli import add_detection_arguments, add_precision_arguments, calibrate_from_args, detection_options, parse_size
+from .cli import add_detection_arguments, add_precision_arguments, calibration_images, detection_options, parse_size
 
 HELP = """\
 formats (all take the network input [B,3,H,W] float32, BGR in [0,1] at --input-size):
@@ -29,12 +29,11 @@ def _export(args: argparse.Namespace) -> int:
     from .pipeline.preprocess import preprocess
 
     try:
-        # the export builds its own pipeline; a fast backend only so that the precision is accepted
+        # reduced precision needs a fast backend; the export reuses an eager predictor's pipeline
         backend = "reference" if args.precision == "fp32" else "eager"
         predictor = Predictor(args.weights_det, args.weights_seg, backbone=args.backbone, device=args.device,
                               backend=backend, precision=args.precision, input_size=args.input_size, mode=args.mode,
-                              **detection_options(args))
-        calibrate_from_args(predictor, args)
+                              calibration=calibration_images(args), **detection_options(args))
         if args.example_input:  # read the image first: a bad one should not leave a fresh export behind
             image = read_image(args.image or Path(__file__).parent / "assets" / "sample.png")
             x, _ = preprocess(image, predictor.config.input_size, predictor.config.normalization)

@@ -122,6 +122,8 @@ class Predictor:
             :mod:`ancis_fast.pipeline.preprocess`); 8-bit images are unchanged by default.
         max_candidates, max_detections: per-image limits of the detection step, see
             :class:`PredictorConfig` (``200, 500`` for the release's behaviour).
+        calibration: with ``precision="int8"``, images (paths or arrays) to set its
+            activation ranges from instead of the default synthetic ones (see :meth:`calibrate`).
     """
 
     def __init__(
@@ -141,6 +143,7 @@ class Predictor:
         precision: str = "fp32",
         max_candidates: Optional[int] = None,
         max_detections: int = 1000,
+        calibration: Optional[Sequence[ImageInput]] = None,
     ):
         if (detector_weights is None) != (segmenter_weights is None):
             raise ValueError("give both detector_weights and segmenter_weights, or neither for the bundled model")
@@ -150,17 +153,19 @@ class Predictor:
         segmenter = load_weights(build_segmenter(backbone), segmenter_weights)
         self._setup(detector, segmenter, backend, device, PredictorConfig(
             tuple(input_size), conf_thresh, nms_thresh, seg_thresh, Normalization(normalize, tuple(percentiles)), mode,
-            precision=precision, max_candidates=max_candidates, max_detections=max_detections))
+            precision=precision, max_candidates=max_candidates, max_detections=max_detections), calibration)
 
     @classmethod
     def from_models(cls, detector: nn.Module, segmenter: nn.Module, backend: str = "reference",
-                    device: Union[str, torch.device] = "cpu", config: PredictorConfig = PredictorConfig()) -> "Predictor":
+                    device: Union[str, torch.device] = "cpu", config: PredictorConfig = PredictorConfig(),
+                    calibration: Optional[Sequence[ImageInput]] = None) -> "Predictor":
         """Wrap already-built models (e.g. fresh from training)."""
         predictor = cls.__new__(cls)
-        predictor._setup(detector, segmenter, backend, device, config)
+        predictor._setup(detector, segmenter, backend, device, config, calibration)
         return predictor
 
-    def _setup(self, detector: nn.Module, segmenter: nn.Module, backend: str, device, config: PredictorConfig) -> None:
+    def _setup(self, detector: nn.Module, segmenter: nn.Module, backend: str, device, config: PredictorConfig,
+               calibration: Optional[Sequence[ImageInput]] = None) -> None:
         if backend not in BACKENDS:
             raise ValueError(f"backend={backend!r} is not available; choose one of {BACKENDS}")
         self.backend = backend
@@ -171,11 +176,12 @@ class Predictor:
         self.segmenter = segmenter.to(self.device).eval()
         self.priors = self.pipeline = None
         #: the images int8's ranges were calibrated on (``None``: the default synthetic ones)
-        self.calibration_images: Optional[List[ImageInput]] = None
+        self.calibration_images: Optional[List[ImageInput]] = _check_calibration(config, calibration)
         if backend == "reference":
             self.priors = make_priors(*config.input_size, device=self.device, scale_height=config.prior_height)
         else:
-            self.pipeline = build_fast_pipeline(self.detector, self.segmenter, config, self.device, backend)
+            self.pipeline = build_fast_pipeline(self.detector, self.segmenter, config, self.device, backend,
+                                                self.calibration_images)
         self.auto_tile_above = AUTO_TILE_ABOVE
         #: ``stage_timer(stage, fn, *args)`` runs each of :data:`STAGES` (``fn(*args)``);
         #: benchmarks replace it to time them (``benchmarks/fps.py``)
@@ -228,14 +234,10 @@ class Predictor:
         """Set ``precision="int8"``'s activation ranges from ``images`` (paths or arrays;
         a handful typical of the experiment) instead of the default synthetic images.
         Returns the predictor."""
-        if self.config.precision != INT8:
-            raise ValueError(f"calibrate() sets int8 ranges; this predictor runs precision={self.config.precision!r}")
-        if len(images) == 0:
-            raise ValueError("calibrate() needs at least one image")
-        pipeline = build_fast_pipeline(self.detector, self.segmenter, self.config, self.device, self.backend,
-                                       calibration=images)
+        images = _check_calibration(self.config, images)
+        pipeline = build_fast_pipeline(self.detector, self.segmenter, self.config, self.device, self.backend, images)
         with self._lock:
-            self.pipeline, self.calibration_images = pipeline, list(images)
+            self.pipeline, self.calibration_images = pipeline, images
         return self
 
     def stream(self, frames: Iterable[ImageInput], max_queue: int = 4, drop_oldest: bool = False) -> FrameStream:
@@ -357,6 +359,20 @@ def build_fast_pipeline(detector: nn.Module, segmenter: nn.Module, config: Predi
                   [preprocess(Predictor._load(image), config.input_size, config.normalization)[0]
                    for image in calibration])
     return configure_pipeline(pipeline, backend, config.precision, device, calibration=inputs)
+
+
+def _check_calibration(config: PredictorConfig,
+                       images: Optional[Sequence[ImageInput]]) -> Optional[List[ImageInput]]:
+    """``images`` as a list (``None`` stays ``None``), or a ``ValueError`` unless they can
+    calibrate ``config``'s int8 ranges."""
+    if images is None:
+        return None
+    if config.precision != INT8:
+        raise ValueError(f"calibration images (calibrate(), calibration=) set int8 ranges; this predictor runs "
+                         f"precision={config.precision!r}")
+    if len(images) == 0:
+        raise ValueError("int8 calibration needs at least one image")
+    return list(images)
 
 
 def _untimed(stage: str, fn: Callable[..., Any], *args: Any) -> Any:
