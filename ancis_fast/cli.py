@@ -54,6 +54,18 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     add_detection_arguments(parser)
     parser.add_argument("--normalize", default="auto", choices=["auto", "percentile", "minmax", "none"],
                         help="conversion of non-8-bit images to 8-bit (default: auto = percentiles 1/99.8)")
+    parser.add_argument("--zoom", default="auto", type=_zoom, metavar="auto|Z",
+                        help="segment images Z times enlarged, in input-size tiles (crowded small nuclei); "
+                             "auto (default): 2 for images whose detections are crowded, else 1 (the spec's resize)")
+
+
+def _zoom(text: str):
+    from .zoom import check_zoom
+
+    try:
+        return check_zoom(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def add_precision_arguments(parser: argparse.ArgumentParser) -> None:
@@ -101,7 +113,7 @@ def build_predictor(args: argparse.Namespace):
     return Predictor(args.weights_det, args.weights_seg, backbone=args.backbone, backend=args.backend,
                      mode=args.mode, device=args.device, precision=getattr(args, "precision", "fp32"),
                      input_size=args.input_size, normalize=args.normalize, calibration=calibration_images(args),
-                     **detection_options(args))
+                     zoom=args.zoom, **detection_options(args))
 
 
 def output_stems(paths: Sequence[Path]) -> List[str]:

@@ -64,6 +64,16 @@ class Instances:
         return Instances(self.boxes[positions], self.scores[positions], self.mask_patches[positions],
                          self.labels[positions])
 
+    def resized(self, image_size: Tuple[int, int]) -> "Instances":
+        """These instances on the same field of view sampled at ``image_size`` ``(H, W)``:
+        boxes scaled, masks resampled (:meth:`PatchMasks.resized`); scores, labels and
+        meta kept."""
+        fy, fx = image_size[0] / self.image_size[0], image_size[1] / self.image_size[1]
+        boxes = self.boxes * np.array([fy, fx, fy, fx], np.float32)
+        out = Instances(boxes, self.scores, self.mask_patches.resized(image_size), self.labels)
+        out.meta = dict(self.meta)
+        return out
+
     def __repr__(self) -> str:
         return f"Instances(num={len(self)}, image_size={self.image_size})"
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import List, Sequence, Tuple, Union
 
+import cv2
 import numpy as np
 
 Index = Union[int, slice, Sequence[int], np.ndarray]
@@ -77,12 +78,41 @@ class PatchMasks:
                 out[i] = (y + ys.mean(), x + xs.mean())
         return out
 
+    def resized(self, image_size: Tuple[int, int]) -> "PatchMasks":
+        """The masks resampled onto an image of ``image_size`` ``(H, W)`` covering the same
+        field of view (bilinear on pixel centres, kept where >= 0.5: a 2x reduction keeps a
+        pixel when at least half of its 2x2 block is set). Masks may become empty."""
+        fy, fx = image_size[0] / self.image_size[0], image_size[1] / self.image_size[1]
+        patches, origins = [], []
+        for (y, x), patch in zip(self.origins, self.patches):
+            dense, (oy, ox) = _resample_patch(patch, y, x, fy, fx, image_size)
+            patch, (ty, tx) = tight_patch(dense)
+            patches.append(patch)
+            origins.append((oy + ty, ox + tx) if patch.size else (0, 0))
+        return PatchMasks(patches, np.array(origins, np.int64).reshape(-1, 2), image_size)
+
     def paint(self, canvas: np.ndarray, values: Sequence[int]) -> np.ndarray:
         """Write ``values[i]`` into ``canvas`` where mask ``i`` is set, in order (later wins)."""
         for value, (y, x), patch in zip(values, self.origins, self.patches):
             region = canvas[y : y + patch.shape[0], x : x + patch.shape[1]]
             region[patch] = value
         return canvas
+
+
+def _resample_patch(patch: np.ndarray, y: int, x: int, fy: float, fx: float,
+                    image_size: Tuple[int, int]) -> Tuple[np.ndarray, Tuple[int, int]]:
+    """``patch`` at ``(y, x)`` scaled by ``(fy, fx)``: a bool region of the target image and its origin."""
+    if patch.size == 0:
+        return patch, (0, 0)
+    top, left = int(np.floor(y * fy)), int(np.floor(x * fx))
+    bottom = min(int(np.ceil((y + patch.shape[0]) * fy)), image_size[0])
+    right = min(int(np.ceil((x + patch.shape[1]) * fx)), image_size[1])
+    # target pixel centre (i + 0.5) / f - 0.5 in source pixels, relative to the patch
+    to_source = np.array([[1 / fx, 0, (left + 0.5) / fx - 0.5 - x],
+                          [0, 1 / fy, (top + 0.5) / fy - 0.5 - y]], np.float64)
+    values = cv2.warpAffine(patch.astype(np.float32), to_source, (right - left, bottom - top),
+                            flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_CONSTANT)
+    return values >= 0.5, (top, left)
 
 
 def tight_patch(mask: np.ndarray) -> Tuple[np.ndarray, Tuple[int, int]]:

@@ -6,6 +6,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, List, Optional, Sequence, Tuple, Union
 
+import cv2
 import numpy as np
 import torch
 from torch import nn
@@ -20,9 +21,10 @@ from .models import build_detector, build_segmenter, default_weights, load_weigh
 from .models.weights import WeightsSource
 from .pipeline import reference
 from .pipeline.fast import MODES, FastPipeline, check_buckets, default_buckets
-from .pipeline.preprocess import Normalization, preprocess
+from .pipeline.preprocess import Normalization, preprocess, to_bgr8, to_network_input
 from .streaming import FrameStream
 from .tiling import predict_tiled
+from .zoom import AUTO, Zoom, auto_zoom, check_zoom, zoomed_size
 
 AUTO_TILE_ABOVE = 2048  # px; larger images are tiled at native resolution
 STAGES = ("preprocess", "detector", "detect", "mask", "paste")
@@ -50,6 +52,10 @@ class PredictorConfig:
     each box to before its decoder pass; ``None`` takes the device's default
     (:func:`~ancis_fast.pipeline.fast.default_buckets`: fine steps on a CPU, where compute
     dominates, coarse ones on a GPU, where the number of passes does).
+
+    ``zoom``: ``"auto"`` (default) or a factor from 1 to 4 by which images are enlarged
+    (beyond the spec's resize to ``input_size``) and segmented in input-size tiles, for
+    crowded small nuclei; 1 is the spec's behaviour. See :mod:`ancis_fast.zoom`.
     """
 
     input_size: Tuple[int, int] = (512, 512)
@@ -63,9 +69,11 @@ class PredictorConfig:
     max_candidates: Optional[int] = None
     max_detections: int = 1000
     mask_buckets: Optional[Tuple[int, ...]] = None
+    zoom: Zoom = AUTO
 
     def __post_init__(self) -> None:
         check_precision(self.precision)
+        object.__setattr__(self, "zoom", check_zoom(self.zoom))
         if self.mask_buckets is not None:
             check_buckets(self.mask_buckets)
         if self.max_candidates is not None and self.max_candidates < 1:
@@ -124,6 +132,9 @@ class Predictor:
             :class:`PredictorConfig` (``200, 500`` for the release's behaviour).
         calibration: with ``precision="int8"``, images (paths or arrays) to set its
             activation ranges from instead of the default synthetic ones (see :meth:`calibrate`).
+        zoom: ``"auto"`` (default: crowded images of small nuclei are segmented again
+            enlarged 1.875x, see :mod:`ancis_fast.zoom`), or a fixed factor from 1
+            (the spec's plain resize to ``input_size``) to 4.
     """
 
     def __init__(
@@ -144,6 +155,7 @@ class Predictor:
         max_candidates: Optional[int] = None,
         max_detections: int = 1000,
         calibration: Optional[Sequence[ImageInput]] = None,
+        zoom: Zoom = AUTO,
     ):
         if (detector_weights is None) != (segmenter_weights is None):
             raise ValueError("give both detector_weights and segmenter_weights, or neither for the bundled model")
@@ -153,7 +165,7 @@ class Predictor:
         segmenter = load_weights(build_segmenter(backbone), segmenter_weights)
         self._setup(detector, segmenter, backend, device, PredictorConfig(
             tuple(input_size), conf_thresh, nms_thresh, seg_thresh, Normalization(normalize, tuple(percentiles)), mode,
-            precision=precision, max_candidates=max_candidates, max_detections=max_detections), calibration)
+            precision=precision, max_candidates=max_candidates, max_detections=max_detections, zoom=zoom), calibration)
 
     @classmethod
     def from_models(cls, detector: nn.Module, segmenter: nn.Module, backend: str = "reference",
@@ -191,17 +203,40 @@ class Predictor:
     def predict(self, image: ImageInput, tile: Optional[int] = None, overlap: int = 64) -> Instances:
         """Segment one image (path or array); see :class:`~ancis_fast.Instances`.
 
-        Images whose longer side exceeds ``auto_tile_above`` (default 2048 px), or any
-        image when ``tile`` is given, are segmented in ``tile x tile`` pieces at native
-        resolution (default: the input size) that overlap by ``overlap`` px and are
+        The image is resized to the input size (spec §1), or enlarged further and segmented
+        in tiles as ``config.zoom`` says (``meta["zoom"]`` of the result gives the factor
+        used). Images whose longer side exceeds ``auto_tile_above`` (default 2048 px), or
+        any image when ``tile`` is given, are instead segmented in ``tile x tile`` pieces at
+        native resolution (default: the input size) that overlap by ``overlap`` px and are
         stitched so that a cell on a seam is one instance (see :mod:`ancis_fast.tiling`).
         """
         array = self._load(image)
         if tile is None and max(array.shape[:2]) > self.auto_tile_above:
             tile = max(self.config.input_size)
         if tile is not None:
-            return predict_tiled(array, self._predict_array, tile, overlap)
-        return self._predict_array(array)
+            return predict_tiled(to_bgr8(array, self.config.normalization), self._predict_bgr8, tile, overlap)
+        return self._zoom(array, None if self._always_zooms() else self._predict_array(array), overlap)
+
+    def _always_zooms(self) -> bool:
+        """A fixed zoom above 1: no plain pass is needed first."""
+        return self.config.zoom not in (AUTO, 1.0)
+
+    def _zoom(self, array: np.ndarray, first: Optional[Instances], overlap: int) -> Instances:
+        """The result ``config.zoom`` asks for, given ``first`` (``array`` segmented at zoom
+        1; ``None`` for a fixed zoom above 1)."""
+        zoom = self.config.zoom
+        if zoom == AUTO:
+            zoom = auto_zoom(first.boxes, first.image_size, self.config.input_size)
+        if zoom == 1.0:
+            first.meta["zoom"] = 1.0
+            return first
+        bgr = to_bgr8(array, self.config.normalization)
+        height, width = zoomed_size(self.config.input_size, zoom)
+        enlarged = cv2.resize(bgr, (width, height), interpolation=cv2.INTER_LINEAR)
+        found = predict_tiled(enlarged, self._predict_bgr8, min(self.config.input_size), overlap)
+        found = found[: self.config.max_detections].resized(bgr.shape[:2])  # the limit is per image, not per tile
+        found.meta["zoom"] = zoom
+        return found
 
     def predict_batch(self, images: Sequence[ImageInput], tile: Optional[int] = None, overlap: int = 64,
                       batch_size: int = 8, progress: bool = False) -> List[Instances]:
@@ -215,7 +250,8 @@ class Predictor:
             arrays = [self._load(image) for image in images[start : start + batch_size]]
             whole = []
             for offset, array in enumerate(arrays):
-                if self.pipeline is None or tile is not None or max(array.shape[:2]) > self.auto_tile_above:
+                if (self.pipeline is None or tile is not None or max(array.shape[:2]) > self.auto_tile_above
+                        or self._always_zooms()):
                     results[start + offset] = self.predict(array, tile, overlap)
                 else:
                     whole.append(offset)
@@ -225,7 +261,7 @@ class Predictor:
                 with self._lock:
                     found = self._predict_fast(batch.to(self.device), [p[1] for p in prepared])
                 for offset, instances in zip(whole, found):
-                    results[start + offset] = instances
+                    results[start + offset] = self._zoom(arrays[offset], instances, overlap)
             bar.update(len(arrays))
         bar.close()
         return results  # type: ignore[return-value]
@@ -246,7 +282,7 @@ class Predictor:
 
         Returns an iterator of :class:`Instances` in input order (frames discarded under
         ``drop_oldest`` are skipped); ``.stats.summary()`` gives latency and FPS. Frames are
-        segmented whole (no tiling).
+        segmented whole at zoom 1 (no tiling, no zoom: the same cost for every frame).
         """
         return FrameStream(frames, self._prepare, self._infer, max_queue, drop_oldest,
                            pin_memory=self.device.type == "cuda")
@@ -260,6 +296,11 @@ class Predictor:
 
     def _predict_array(self, array: np.ndarray) -> Instances:
         return self._infer(*self.stage_timer("preprocess", self._prepare, array))
+
+    def _predict_bgr8(self, bgr8: np.ndarray) -> Instances:
+        """Segment an 8-bit BGR image (a tile, already normalised with its whole image)."""
+        batch = self.stage_timer("preprocess", to_network_input, bgr8, self.config.input_size)
+        return self._infer(torch.from_numpy(batch).unsqueeze(0), bgr8.shape[:2])
 
     def _infer(self, batch: torch.Tensor, original_size: Tuple[int, int]) -> Instances:
         # One inference at a time: the models are shared, and parallel calls would only

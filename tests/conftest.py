@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+import ancis_fast.predictor as predictor_module
 from ancis_fast.models import build_detector, build_segmenter
 
 
@@ -21,6 +22,20 @@ def random_models(backbone: str = "resnet50", seed: int = 0, mask_bias: float = 
     with torch.no_grad():
         segmenter.layer_head[2].bias.fill_(mask_bias)
     return detector, segmenter
+
+
+_REAL_AUTO_ZOOM = predictor_module.auto_zoom
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    """Random weights make hundreds of junk detections a few px apart, which zoom="auto"
+    would take for a crowd and segment again enlarged. Tests not marked ``auto_zoom`` run
+    with the rule answering 1 (so each measures what it names at the cost of one pass);
+    tests/test_zoom.py covers the rule and its path. Set before any fixture, module-scoped
+    ones included, is made."""
+    marked = item.get_closest_marker("auto_zoom") is not None
+    predictor_module.auto_zoom = _REAL_AUTO_ZOOM if marked else (lambda *args: 1.0)
 
 
 @pytest.fixture(scope="module")

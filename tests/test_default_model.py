@@ -19,6 +19,8 @@ from ancis_fast.io.readers import read_image
 from ancis_fast.pipeline.fast import GPU_BUCKETS
 from conftest import paired_mask_ious
 
+pytestmark = pytest.mark.auto_zoom
+
 ASSETS = Path(ancis_fast.__file__).parent / "assets"
 # measured with the bundled model (README, "The default model"): real AP@0.5 0.790, F1 0.874;
 # the 4 synthetic images below AP@0.5 0.871
