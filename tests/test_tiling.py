@@ -66,3 +66,30 @@ def test_tiling_keeps_memory_in_patches():
     image = disks_image(1500, 1500, 3)
     tiled = predict_tiled(image, components, tile=512, overlap=64)
     assert sum(p.size for p in tiled.mask_patches.patches) < 60 * 30 * 30
+
+
+@pytest.mark.parametrize("zoom", [1.0, 2.0])
+def test_predictor_tiles_are_normalised_with_their_whole_image(monkeypatch, zoom):
+    """A 16-bit image whose tiles differ in brightness: every tile (explicit tiling at zoom
+    1, the enlarged image's tiles at zoom 2) is cut from the image converted to 8-bit as a
+    whole, so one cell reads the same on every tile."""
+    from ancis_fast import Predictor
+    from ancis_fast.pipeline.preprocess import to_bgr8
+    from ancis_fast.predictor import PredictorConfig
+    from conftest import random_models
+
+    image = (disks_image(200, 260, seed=3).astype(np.uint16) * 40 + 100)
+    image[:, 130:] += 3000  # the right half is much brighter
+    predictor = Predictor.from_models(*random_models("resnet18"), backend="eager",
+                                      config=PredictorConfig(input_size=(128, 128), zoom=zoom))
+    seen = []
+    monkeypatch.setattr(predictor, "_predict_bgr8", lambda tile: seen.append(tile) or components(tile[:, :, 0]))
+    predictor.predict(image, tile=128 if zoom == 1.0 else None, overlap=32)
+    whole = to_bgr8(image, predictor.config.normalization)
+    if zoom != 1.0:
+        whole = cv2.resize(whole, (256, 256), interpolation=cv2.INTER_LINEAR)
+    starts_y, starts_x = tile_starts(whole.shape[0], 128, 32), tile_starts(whole.shape[1], 128, 32)
+    expected = [whole[y : y + 128, x : x + 128] for y in starts_y for x in starts_x]
+    assert len(seen) == len(expected)
+    for got, want in zip(seen, expected):
+        np.testing.assert_array_equal(got, want)
