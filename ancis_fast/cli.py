@@ -55,8 +55,9 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--normalize", default="auto", choices=["auto", "percentile", "minmax", "none"],
                         help="conversion of non-8-bit images to 8-bit (default: auto = percentiles 1/99.8)")
     parser.add_argument("--zoom", default="auto", type=_zoom, metavar="auto|Z",
-                        help="segment images Z times enlarged, in input-size tiles (crowded small nuclei); "
-                             "auto (default): 2 for images whose detections are crowded, else 1 (the spec's resize)")
+                        help="segment images Z times enlarged (1-4), in input-size tiles, for crowded small "
+                             "nuclei; auto (default): 1.875 for images whose detections are crowded, else 1 "
+                             "(the spec's plain resize)")
 
 
 def _zoom(text: str):
