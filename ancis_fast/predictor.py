@@ -21,7 +21,7 @@ from .models import build_detector, build_segmenter, default_weights, load_weigh
 from .models.weights import WeightsSource
 from .pipeline import reference
 from .pipeline.fast import MODES, FastPipeline, check_buckets, default_buckets
-from .pipeline.preprocess import Normalization, preprocess, to_bgr8, to_network_input
+from .pipeline.preprocess import Normalization, preprocess, to_bgr8, to_network_input, to_uint8
 from .streaming import FrameStream
 from .tiling import predict_tiled
 from .zoom import AUTO, Zoom, auto_zoom, check_zoom, zoomed_size
@@ -214,7 +214,7 @@ class Predictor:
         if tile is None and max(array.shape[:2]) > self.auto_tile_above:
             tile = max(self.config.input_size)
         if tile is not None:
-            return predict_tiled(to_bgr8(array, self.config.normalization), self._predict_bgr8, tile, overlap)
+            return predict_tiled(to_uint8(array, self.config.normalization), self._predict_uint8, tile, overlap)
         return self._zoom(array, None if self._always_zooms() else self._predict_array(array), overlap)
 
     def _always_zooms(self) -> bool:
@@ -230,11 +230,11 @@ class Predictor:
         if zoom == 1.0:
             first.meta["zoom"] = 1.0
             return first
-        bgr = to_bgr8(array, self.config.normalization)
+        image = to_uint8(array, self.config.normalization)
         height, width = zoomed_size(self.config.input_size, zoom)
-        enlarged = cv2.resize(bgr, (width, height), interpolation=cv2.INTER_LINEAR)
-        found = predict_tiled(enlarged, self._predict_bgr8, min(self.config.input_size), overlap)
-        found = found[: self.config.max_detections].resized(bgr.shape[:2])  # the limit is per image, not per tile
+        enlarged = cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR)
+        found = predict_tiled(enlarged, self._predict_uint8, min(self.config.input_size), overlap)
+        found = found[: self.config.max_detections].resized(image.shape[:2])  # the limit is per image, not per tile
         found.meta["zoom"] = zoom
         return found
 
@@ -297,10 +297,11 @@ class Predictor:
     def _predict_array(self, array: np.ndarray) -> Instances:
         return self._infer(*self.stage_timer("preprocess", self._prepare, array))
 
-    def _predict_bgr8(self, bgr8: np.ndarray) -> Instances:
-        """Segment an 8-bit BGR image (a tile, already normalised with its whole image)."""
-        batch = self.stage_timer("preprocess", to_network_input, bgr8, self.config.input_size)
-        return self._infer(torch.from_numpy(batch).unsqueeze(0), bgr8.shape[:2])
+    def _predict_uint8(self, tile: np.ndarray) -> Instances:
+        """Segment a tile of an image already converted to 8-bit as a whole (so that every
+        tile has the same contrast; per tile only the channel layout becomes BGR)."""
+        batch = self.stage_timer("preprocess", _tile_input, tile, self.config.input_size)
+        return self._infer(torch.from_numpy(batch).unsqueeze(0), tile.shape[:2])
 
     def _infer(self, batch: torch.Tensor, original_size: Tuple[int, int]) -> Instances:
         # One inference at a time: the models are shared, and parallel calls would only
@@ -414,6 +415,11 @@ def _check_calibration(config: PredictorConfig,
     if len(images) == 0:
         raise ValueError("int8 calibration needs at least one image")
     return list(images)
+
+
+def _tile_input(tile: np.ndarray, input_size: Tuple[int, int]) -> np.ndarray:
+    """``[3,H,W]`` network input of an 8-bit tile (gray, BGR or BGRA), not normalised again."""
+    return to_network_input(to_bgr8(tile, Normalization("none")), input_size)
 
 
 def _untimed(stage: str, fn: Callable[..., Any], *args: Any) -> Any:

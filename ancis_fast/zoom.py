@@ -1,4 +1,4 @@
-"""Zoom: segment crowded small nuclei at twice the resolution.
+"""Zoom: segment crowded small nuclei enlarged (1.875x for ``zoom="auto"``).
 
 The detector's finest priors lie on a stride-8 grid of the network input and start at
 20 px (spec §3 at a 512 input). Nuclei closer together than about two cells of that grid

@@ -74,7 +74,7 @@ def test_predictor_tiles_are_normalised_with_their_whole_image(monkeypatch, zoom
     1, the enlarged image's tiles at zoom 2) is cut from the image converted to 8-bit as a
     whole, so one cell reads the same on every tile."""
     from ancis_fast import Predictor
-    from ancis_fast.pipeline.preprocess import to_bgr8
+    from ancis_fast.pipeline.preprocess import to_uint8
     from ancis_fast.predictor import PredictorConfig
     from conftest import random_models
 
@@ -83,9 +83,9 @@ def test_predictor_tiles_are_normalised_with_their_whole_image(monkeypatch, zoom
     predictor = Predictor.from_models(*random_models("resnet18"), backend="eager",
                                       config=PredictorConfig(input_size=(128, 128), zoom=zoom))
     seen = []
-    monkeypatch.setattr(predictor, "_predict_bgr8", lambda tile: seen.append(tile) or components(tile[:, :, 0]))
+    monkeypatch.setattr(predictor, "_predict_uint8", lambda tile: seen.append(tile) or components(tile))
     predictor.predict(image, tile=128 if zoom == 1.0 else None, overlap=32)
-    whole = to_bgr8(image, predictor.config.normalization)
+    whole = to_uint8(image, predictor.config.normalization)
     if zoom != 1.0:
         whole = cv2.resize(whole, (256, 256), interpolation=cv2.INTER_LINEAR)
     starts_y, starts_x = tile_starts(whole.shape[0], 128, 32), tile_starts(whole.shape[1], 128, 32)
