@@ -21,13 +21,14 @@ from .models import build_detector, build_segmenter, default_weights, load_weigh
 from .models.weights import WeightsSource
 from .pipeline import reference
 from .pipeline.fast import MODES, FastPipeline, check_buckets, default_buckets
-from .pipeline.preprocess import Normalization, preprocess, to_bgr8, to_network_input, to_uint8
+from .pipeline.preprocess import Normalization, preprocess, to_uint8
 from .streaming import FrameStream
 from .tiling import predict_tiled
 from .zoom import AUTO, Zoom, auto_zoom, check_zoom, zoomed_size
 
 AUTO_TILE_ABOVE = 2048  # px; larger images are tiled at native resolution
 STAGES = ("preprocess", "detector", "detect", "mask", "paste")
+ALREADY_8BIT = Normalization("none")  # tiles of an image converted to 8-bit as a whole
 ImageInput = Union[str, os.PathLike, np.ndarray]
 
 
@@ -300,8 +301,7 @@ class Predictor:
     def _predict_uint8(self, tile: np.ndarray) -> Instances:
         """Segment a tile of an image already converted to 8-bit as a whole (so that every
         tile has the same contrast; per tile only the channel layout becomes BGR)."""
-        batch = self.stage_timer("preprocess", _tile_input, tile, self.config.input_size)
-        return self._infer(torch.from_numpy(batch).unsqueeze(0), tile.shape[:2])
+        return self._infer(*self.stage_timer("preprocess", preprocess, tile, self.config.input_size, ALREADY_8BIT))
 
     def _infer(self, batch: torch.Tensor, original_size: Tuple[int, int]) -> Instances:
         # One inference at a time: the models are shared, and parallel calls would only
@@ -415,11 +415,6 @@ def _check_calibration(config: PredictorConfig,
     if len(images) == 0:
         raise ValueError("int8 calibration needs at least one image")
     return list(images)
-
-
-def _tile_input(tile: np.ndarray, input_size: Tuple[int, int]) -> np.ndarray:
-    """``[3,H,W]`` network input of an 8-bit tile (gray, BGR or BGRA), not normalised again."""
-    return to_network_input(to_bgr8(tile, Normalization("none")), input_size)
 
 
 def _untimed(stage: str, fn: Callable[..., Any], *args: Any) -> Any:
