@@ -159,7 +159,9 @@ class Predictor:
         zoom: Zoom = AUTO,
     ):
         if (detector_weights is None) != (segmenter_weights is None):
-            raise ValueError("give both detector_weights and segmenter_weights, or neither for the bundled model")
+            raise ValueError("give both detector_weights and segmenter_weights (CLI: --weights-det and --weights-seg), "
+                             "or neither for the bundled model: a mask head is trained on the features of one "
+                             "detector")
         if detector_weights is None:
             detector_weights, segmenter_weights = default_weights()
         detector = load_weights(build_detector(backbone), detector_weights)

@@ -113,6 +113,8 @@ def test_weights_by_path(models, tmp_path):
     ref = Predictor.from_models(detector, segmenter, config=PredictorConfig(input_size=SIZE))
     image = blob_image(seed=6)
     np.testing.assert_array_equal(p.predict(image).boxes, ref.predict(image).boxes)
+    with pytest.raises(ValueError, match="--weights-det and --weights-seg"):
+        Predictor(tmp_path / "det.pth", None, input_size=SIZE)
 
 
 def test_prior_height_sizes_the_priors_of_every_backend(models):
