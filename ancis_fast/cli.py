@@ -127,6 +127,27 @@ def output_stems(paths: Sequence[Path]) -> List[str]:
     return ["__".join(p.resolve().relative_to(root).with_suffix("").parts) for p in paths]
 
 
+def _expand_datasets(inputs: Sequence[str]) -> List[str]:
+    """Inputs with each dataset folder (DSB ``<id>/images/``, or ``images/`` + ``masks/``)
+    replaced by its images, so that predicting on a dataset never segments its masks."""
+    from .data.layouts import dataset_images
+
+    expanded: List[str] = []
+    for item in inputs:
+        images = dataset_images(item)
+        expanded += [str(p) for p in images] if images else [item]
+    return expanded
+
+
+def _subfolder_hint(inputs: Sequence[str]) -> str:
+    from .io.readers import find_images
+
+    folders = [item for item in inputs if Path(item).is_dir()]
+    if folders and find_images(folders, recursive=True):
+        return "; they have images in sub-folders: add --recursive, or name the sub-folders"
+    return ""
+
+
 def _predict(args: argparse.Namespace) -> int:
     import time
 
@@ -138,13 +159,14 @@ def _predict(args: argparse.Namespace) -> int:
     from .pipeline.preprocess import to_bgr8
 
     try:
-        paths = find_images(args.inputs, recursive=args.recursive)
+        paths = find_images(_expand_datasets(args.inputs), recursive=args.recursive)
+        if not paths:
+            print(f"error: no inputs ({', '.join(INPUT_SUFFIXES)}) found in {args.inputs}"
+                  f"{_subfolder_hint(args.inputs)}", file=sys.stderr)
+            return 2
         predictor = build_predictor(args)
     except (FileNotFoundError, CheckpointError, ValueError, ImportError) as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
-    if not paths:
-        print(f"error: no inputs ({', '.join(INPUT_SUFFIXES)}) found in {args.inputs}", file=sys.stderr)
         return 2
     started, frames, skipped, cells, failures = time.perf_counter(), 0, 0, 0, []
     bar = tqdm(paths, desc="segmenting", unit="file", disable=args.quiet)
@@ -177,7 +199,8 @@ def _register_predict(subparsers) -> None:
 
     parser = subparsers.add_parser("predict", help="segment cells in images and write labels/JSON/CSV/overlays")
     parser.add_argument("inputs", nargs="+",
-                        help="image files, TIFF stacks, videos, folders or glob patterns (quote them)")
+                        help="image files, TIFF stacks, videos, folders or glob patterns (quote them); a "
+                             "dataset folder (DSB <id>/images/, or images/ + masks/) gives its images")
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--save", type=_kinds, default=list(DEFAULT_SAVE),
                         help=f"comma list of {','.join(SAVE_KINDS)} (default: {','.join(DEFAULT_SAVE)})")

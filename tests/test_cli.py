@@ -77,6 +77,33 @@ def test_predict_errors_exit_2(tmp_path, weights, capsys):
         main(["predict", str(tmp_path / "a.png"), "--out", str(tmp_path), "--save", "pdf"])
 
 
+def test_predict_on_dataset_folders_segments_their_images_not_their_masks(tmp_path, weights, capsys):
+    dsb = tmp_path / "dsb"
+    for sample_id, has_masks in (("a", True), ("b", False)):  # Kaggle's test sets have no masks
+        (dsb / sample_id / "images").mkdir(parents=True)
+        cv2.imwrite(str(dsb / sample_id / "images" / f"{sample_id}.png"), blob_image(seed=4))
+        if has_masks:
+            (dsb / sample_id / "masks").mkdir()
+            cv2.imwrite(str(dsb / sample_id / "masks" / "m1.png"), np.full((160, 200), 255, np.uint8))
+    pairs = tmp_path / "pairs"
+    (pairs / "images").mkdir(parents=True)
+    (pairs / "masks").mkdir()
+    cv2.imwrite(str(pairs / "images" / "x.png"), blob_image(seed=5))
+    tifffile.imwrite(pairs / "masks" / "x_masks.tif", np.ones((160, 200), np.uint16))
+    out = tmp_path / "out"
+    assert main(["predict", str(dsb), str(pairs), "--out", str(out), "--save", "json"] + weights) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["a.json", "b.json", "x.json"]
+
+    nested = tmp_path / "nested"
+    (nested / "day1").mkdir(parents=True)
+    cv2.imwrite(str(nested / "day1" / "c.png"), blob_image(seed=6))
+    assert main(["predict", str(nested), "--out", str(tmp_path / "o2")] + weights) == 2
+    assert "add --recursive" in capsys.readouterr().err
+    assert main(["predict", str(nested), "--recursive", "--out", str(tmp_path / "o2"), "--save", "json"]
+                + weights) == 0
+    assert (tmp_path / "o2" / "c.json").is_file()
+
+
 def test_output_stems_disambiguate(tmp_path):
     from pathlib import Path
 

@@ -153,6 +153,23 @@ def detect_layout(root: PathLike) -> str:
                      "label-image folder (images/ + masks/)")
 
 
+def dataset_images(folder: PathLike) -> List[Path]:
+    """The images of a dataset folder that holds no images of its own: ``<id>/images/``
+    files of a DSB folder (the masks are not needed: Kaggle's test sets have none) or
+    ``images/`` files of a label-layout folder. ``[]`` for any other folder."""
+    folder = Path(folder)
+    if not folder.is_dir() or _image_files(folder):
+        return []
+    try:
+        layout = detect_layout(folder)
+    except ValueError:
+        return []
+    if layout == "labels":
+        return _image_files(folder / "images")
+    dataset = DSBDataset(folder)
+    return [dataset.image_path(sample_id) for sample_id in dataset.ids]
+
+
 def open_dataset(root: PathLike, layout: str = "auto") -> Sequence[Sample]:
     """Lazy sample sequence of a dataset folder in ``layout`` (``auto``, ``dsb``, ``labels``)."""
     if layout not in LAYOUTS:
