@@ -104,6 +104,25 @@ def test_predict_on_dataset_folders_segments_their_images_not_their_masks(tmp_pa
     assert (tmp_path / "o2" / "c.json").is_file()
 
 
+def test_closed_stdout_ends_quietly(tmp_path):
+    """``ancis-fast evaluate ... | head -1``: no BrokenPipeError traceback."""
+    for folder in ("images", "masks", "pred"):
+        (tmp_path / folder).mkdir()
+    labels = np.zeros((64, 64), np.uint16)
+    labels[10:20, 10:20] = 1
+    cv2.imwrite(str(tmp_path / "images" / "x.png"), (labels * 200).astype(np.uint8))
+    tifffile.imwrite(tmp_path / "masks" / "x.tif", labels)
+    tifffile.imwrite(tmp_path / "pred" / "x_labels.tif", labels)
+    command = [sys.executable, "-m", "ancis_fast", "evaluate", str(tmp_path), "--pred", str(tmp_path / "pred"),
+               "--quiet"]
+    assert "AP@0.5=1.0000" in subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    child.stdout.close()  # the reader is gone before the child prints
+    stderr = child.stderr.read()
+    assert child.wait(timeout=120) == 1
+    assert "Traceback" not in stderr and "BrokenPipeError" not in stderr, stderr
+
+
 def test_output_stems_disambiguate(tmp_path):
     from pathlib import Path
 
