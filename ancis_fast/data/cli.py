@@ -37,7 +37,8 @@ def _synth(args: argparse.Namespace) -> int:
 
     try:
         config = SynthConfig(size=args.size, diameter=args.diameter, count=args.count, p_16bit=args.p_16bit,
-                             p_colour=args.p_colour, p_brightfield=args.p_brightfield)
+                             p_colour=args.p_colour, p_brightfield=args.p_brightfield, blur=args.blur,
+                             edge_floor=args.edge_floor)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -87,6 +88,11 @@ def register(subparsers) -> None:
     parser.add_argument("--p-colour", type=float, default=0.25, help="share of coloured stains (default: 0.25)")
     parser.add_argument("--p-brightfield", type=float, default=0.1,
                         help="share of bright-field (dark nuclei) images (default: 0.1)")
+    parser.add_argument("--blur", type=_pair(float), default=(0.3, 1.3),
+                        help="range of the optical blur sigma per image, px (default: 0.3,1.3; more: softer edges)")
+    parser.add_argument("--edge-floor", type=_pair(float), default=(0.0, 0.0),
+                        help="range of the stain level at a nucleus's labelled edge, share of its core (default: "
+                             "0,0; about 0.5: edges labelled near half-maximum, as annotators draw them)")
     parser.add_argument("--workers", type=int, default=2, help="processes (default: 2)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(func=_synth)

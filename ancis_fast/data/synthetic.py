@@ -49,6 +49,12 @@ class SynthConfig:
         p_16bit: share of gray fluorescence images written as uint16.
         p_colour: share of coloured fluorescence images.
         p_brightfield: share of bright-field images (dark nuclei on a light background).
+        blur: range of the optical (point-spread) blur's sigma in px, drawn per image and
+            scaled up for nuclei over 40 px; larger values give softer nucleus edges.
+        edge_floor: range of the stain level at a nucleus's labelled edge before blur, as a
+            share of its inner level, drawn per image. 0 (default): the stain ramps down to
+            nothing at the label's edge; about 0.5 or more puts the edge where a soft edge is
+            near half its core level, as manual annotations do.
     """
 
     size: Tuple[int, int] = (512, 512)
@@ -57,6 +63,8 @@ class SynthConfig:
     p_16bit: float = 0.2
     p_colour: float = 0.25
     p_brightfield: float = 0.1
+    blur: Tuple[float, float] = (0.3, 1.3)
+    edge_floor: Tuple[float, float] = (0.0, 0.0)
 
     def __post_init__(self) -> None:
         if isinstance(self.size, (int, np.integer)):
@@ -71,6 +79,10 @@ class SynthConfig:
         for name in ("p_16bit", "p_colour", "p_brightfield"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name}={getattr(self, name)}; expected a probability in [0, 1]")
+        if not 0.0 <= self.blur[0] <= self.blur[1]:
+            raise ValueError(f"blur={self.blur}; expected 0 <= min <= max (px)")
+        if not 0.0 <= self.edge_floor[0] <= self.edge_floor[1] <= 1.0:
+            raise ValueError(f"edge_floor={self.edge_floor}; expected 0 <= min <= max <= 1")
         if self.p_colour + self.p_brightfield > 1.0:
             raise ValueError(f"p_colour + p_brightfield = {self.p_colour + self.p_brightfield} > 1")
 
@@ -92,6 +104,9 @@ class _Style:
     elongation: float
     irregularity: float
     modality: str  # "gray", "colour", "brightfield"
+    # SynthConfig's ranges; drawn where they are used, after the geometry
+    blur: Tuple[float, float]
+    edge_floor: Tuple[float, float]
 
 
 def _draw_style(rng: np.random.Generator, cfg: SynthConfig) -> _Style:
@@ -110,7 +125,7 @@ def _draw_style(rng: np.random.Generator, cfg: SynthConfig) -> _Style:
         diameter=diameter, size_sigma=size_sigma, count=count, arrangement=arrangement,
         cluster_size=rng.uniform(3, 30), max_overlap=rng.uniform(*overlap),
         elongation=rng.uniform(0.03, 0.45) if rng.random() < 0.8 else rng.uniform(0.45, 0.9),
-        irregularity=rng.uniform(0.0, 0.12), modality=modality,
+        irregularity=rng.uniform(0.0, 0.12), modality=modality, blur=cfg.blur, edge_floor=cfg.edge_floor,
     )
 
 
@@ -269,6 +284,9 @@ def _nuclear_signal(rng: np.random.Generator, labels: np.ndarray, radii: np.ndar
     edge = np.maximum(radii * rng.uniform(0.15, 0.7), 0.8).astype(np.float32)
     edge[0] = 1.0
     profile = np.clip(_own_boundary_distance(labels) / edge[labels], 0.0, 1.0) ** rng.uniform(0.3, 1.0)
+    if style.edge_floor[1] > 0:  # drawn only when asked for: the default's images stay what they were
+        floor = rng.uniform(*style.edge_floor)
+        profile = floor + (1.0 - floor) * profile
 
     shape = labels.shape
     texture = 1.0 + rng.uniform(0.0, 0.35) * _noise_texture(rng, shape, rng.uniform(0.7, 2.5))
@@ -295,7 +313,7 @@ def _add_nucleoli(rng: np.random.Generator, signal: np.ndarray, labels: np.ndarr
 def _focus(rng: np.random.Generator, signal: np.ndarray, labels: np.ndarray, style: _Style) -> np.ndarray:
     """Optical blur: a point-spread blur for everything, a much stronger one for the
     out-of-focus share of nuclei (they stay labelled, as in manual annotations)."""
-    psf = rng.uniform(0.3, 1.3) * max(1.0, style.diameter / 40)
+    psf = rng.uniform(*style.blur) * max(1.0, style.diameter / 40)
     if rng.random() < 0.5:
         return _blur(signal, psf)
     away = rng.random(int(labels.max()) + 1) < rng.uniform(0.05, 0.3)

@@ -13,7 +13,7 @@ def _sources(args: argparse.Namespace):
     from .data import parse_source
 
     synth = SynthConfig(size=args.synth_size or tuple(args.input_size), diameter=args.synth_diameter,
-                        count=args.synth_count)
+                        count=args.synth_count, blur=args.synth_blur, edge_floor=args.synth_edge_floor)
     train = parse_source(args.data, synth, args.seed)
     val = parse_source(args.val, synth, args.seed, validation=True) if args.val else None
     return train, val
@@ -116,6 +116,11 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
                         help="synthetic nucleus diameter range, px (default: 6,60)")
     parser.add_argument("--synth-count", type=_pair(int), default=(10, 1500),
                         help="synthetic nuclei-per-image range (default: 10,1500)")
+    parser.add_argument("--synth-blur", type=_pair(float), default=(0.3, 1.3),
+                        help="synthetic optical blur sigma range, px (default: 0.3,1.3; more: softer edges)")
+    parser.add_argument("--synth-edge-floor", type=_pair(float), default=(0.0, 0.0),
+                        help="synthetic stain level at the labelled edge, share of the core (default: 0,0; "
+                             "about 0.5: edges labelled near half-maximum, as annotators draw them)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
