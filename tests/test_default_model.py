@@ -22,8 +22,8 @@ from conftest import paired_mask_ious
 pytestmark = pytest.mark.auto_zoom
 
 ASSETS = Path(ancis_fast.__file__).parent / "assets"
-# measured with the bundled model (README, "The default model"): real AP@0.5 0.790, F1 0.874;
-# the 4 synthetic images below AP@0.5 0.871
+# measured with the bundled model (README, "The default model"; session 6's mask head): real
+# AP@0.5 0.790, F1 0.874; the 4 synthetic images below AP@0.5 0.871
 REAL_AP50_FLOOR, REAL_F1_FLOOR = 0.75, 0.83
 SYNTH_AP50_FLOOR = 0.82
 
