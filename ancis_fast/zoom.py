@@ -10,7 +10,8 @@ was trained at), recovers them; the cells are then mapped back to the original i
 ``zoom="auto"`` (the default) segments the image once as the spec does and zooms only
 when those detections are crowded: at least :data:`AUTO_MIN_CELLS` of them with a median
 nearest-neighbour distance under :data:`AUTO_SPACING` px of network input. Zooming an
-uncrowded image does harm: enlarged pixel noise looks like tiny nuclei to the model.
+uncrowded image can do harm: in sparse, noisy images enlarged pixel noise looks like tiny
+nuclei to the model (README, "Zoom", measures both sides).
 """
 from __future__ import annotations
 

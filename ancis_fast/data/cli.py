@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 from functools import partial
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Tuple
+from typing import Dict, Tuple
 
 from .layouts import write_dsb, write_label_layout
 from .synthetic import SynthConfig, generate
@@ -26,6 +27,31 @@ def _pair(kind):
     return parse
 
 
+#: the :class:`SynthConfig` ranges that ``synth`` and the trainers' ``synth:N`` data both expose
+STYLE_RANGES = (
+    ("diameter", float, "range of typical nucleus diameter per image, px"),
+    ("count", int, "range of nuclei per image (capped by the space available)"),
+    ("blur", float, "range of the optical blur sigma per image, px (more: softer edges)"),
+    ("edge_floor", float, "range of the stain level at a nucleus's labelled edge, share of its core (about 0.5: "
+                          "edges labelled near half-maximum, as annotators draw them)"),
+)
+
+
+def add_style_ranges(parser: argparse.ArgumentParser, prefix: str = "") -> None:
+    """``--{prefix}diameter`` etc., with :class:`SynthConfig`'s defaults."""
+    defaults = {f.name: f.default for f in dataclasses.fields(SynthConfig)}
+    for name, kind, text in STYLE_RANGES:
+        default = defaults[name]
+        parser.add_argument(f"--{prefix}{name.replace('_', '-')}", dest=f"{prefix.replace('-', '_')}{name}",
+                            type=_pair(kind), default=default,
+                            help=f"{text} (default: {','.join(f'{v:g}' for v in default)})")
+
+
+def style_ranges(args: argparse.Namespace, prefix: str = "") -> Dict[str, Tuple]:
+    """The :class:`SynthConfig` keyword arguments that :func:`add_style_ranges` parsed."""
+    return {name: getattr(args, f"{prefix.replace('-', '_')}{name}") for name, _, _ in STYLE_RANGES}
+
+
 def _write_one(index: int, out: str, layout: str, seed: int, config: SynthConfig) -> int:
     sample = generate((seed, index), config, name=f"synth_{seed}_{index:06d}")
     (write_dsb if layout == "dsb" else write_label_layout)(sample, out)
@@ -36,9 +62,8 @@ def _synth(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     try:
-        config = SynthConfig(size=args.size, diameter=args.diameter, count=args.count, p_16bit=args.p_16bit,
-                             p_colour=args.p_colour, p_brightfield=args.p_brightfield, blur=args.blur,
-                             edge_floor=args.edge_floor)
+        config = SynthConfig(size=args.size, p_16bit=args.p_16bit, p_colour=args.p_colour,
+                             p_brightfield=args.p_brightfield, **style_ranges(args))
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -80,19 +105,11 @@ def register(subparsers) -> None:
     parser.add_argument("--layout", choices=["dsb", "labels"], default="dsb",
                         help="dsb: <id>/images/<id>.png + <id>/masks/<k>.png (default); "
                              "labels: images/<id>.png + masks/<id>.tif label images (much faster to write)")
-    parser.add_argument("--diameter", type=_pair(float), default=(6.0, 60.0),
-                        help="range of typical nucleus diameter per image, px (default: 6,60)")
-    parser.add_argument("--count", type=_pair(int), default=(10, 1500),
-                        help="range of nuclei per image (default: 10,1500; capped by the space available)")
+    add_style_ranges(parser)
     parser.add_argument("--p-16bit", type=float, default=0.2, help="share of 16-bit gray images (default: 0.2)")
     parser.add_argument("--p-colour", type=float, default=0.25, help="share of coloured stains (default: 0.25)")
     parser.add_argument("--p-brightfield", type=float, default=0.1,
                         help="share of bright-field (dark nuclei) images (default: 0.1)")
-    parser.add_argument("--blur", type=_pair(float), default=(0.3, 1.3),
-                        help="range of the optical blur sigma per image, px (default: 0.3,1.3; more: softer edges)")
-    parser.add_argument("--edge-floor", type=_pair(float), default=(0.0, 0.0),
-                        help="range of the stain level at a nucleus's labelled edge, share of its core (default: "
-                             "0,0; about 0.5: edges labelled near half-maximum, as annotators draw them)")
     parser.add_argument("--workers", type=int, default=2, help="processes (default: 2)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(func=_synth)

@@ -5,15 +5,14 @@ import argparse
 import sys
 from typing import Any, Dict
 
-from ..data.cli import _pair
+from ..data.cli import add_style_ranges, style_ranges
 
 
 def _sources(args: argparse.Namespace):
     from ..data.synthetic import SynthConfig
     from .data import parse_source
 
-    synth = SynthConfig(size=args.synth_size or tuple(args.input_size), diameter=args.synth_diameter,
-                        count=args.synth_count, blur=args.synth_blur, edge_floor=args.synth_edge_floor)
+    synth = SynthConfig(size=args.synth_size or tuple(args.input_size), **style_ranges(args, "synth-"))
     train = parse_source(args.data, synth, args.seed)
     val = parse_source(args.val, synth, args.seed, validation=True) if args.val else None
     return train, val
@@ -112,15 +111,7 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--amp", action="store_true", help="bfloat16 autocast on CUDA")
     parser.add_argument("--rot90", action="store_true", help="add random quarter turns to the augmentation")
     parser.add_argument("--synth-size", type=parse_size, help="synthetic image size (default: the input size)")
-    parser.add_argument("--synth-diameter", type=_pair(float), default=(6.0, 60.0),
-                        help="synthetic nucleus diameter range, px (default: 6,60)")
-    parser.add_argument("--synth-count", type=_pair(int), default=(10, 1500),
-                        help="synthetic nuclei-per-image range (default: 10,1500)")
-    parser.add_argument("--synth-blur", type=_pair(float), default=(0.3, 1.3),
-                        help="synthetic optical blur sigma range, px (default: 0.3,1.3; more: softer edges)")
-    parser.add_argument("--synth-edge-floor", type=_pair(float), default=(0.0, 0.0),
-                        help="synthetic stain level at the labelled edge, share of the core (default: 0,0; "
-                             "about 0.5: edges labelled near half-maximum, as annotators draw them)")
+    add_style_ranges(parser, "synth-")  # of the synth:N data
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
