@@ -49,7 +49,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                              "pipeline; tensorrt: the same with a TensorRT detector (NVIDIA GPU, pip install .[tensorrt])")
     add_precision_arguments(parser)
     parser.add_argument("--mode", default="fast", choices=["fast", "exact"],
-                        help="fast backends' mask stage: size buckets (fast) or native crop sizes (exact)")
+                        help="fast backends' mask stage: fixed crop shapes, static (fast) or native crop sizes (exact)")
     parser.add_argument("--input-size", type=parse_size, default=(512, 512), help="network input HxW (default: 512)")
     add_detection_arguments(parser)
     parser.add_argument("--normalize", default="auto", choices=["auto", "percentile", "minmax", "none"],

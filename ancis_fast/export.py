@@ -1,24 +1,28 @@
 """Deployable files of a :class:`~ancis_fast.Predictor`'s fast pipeline.
 
 Formats (all take the network input ``x [B,3,H,W]`` float32, BGR in [0, 1] at the model's
-input size, as :func:`ancis_fast.pipeline.preprocess.preprocess` makes it):
+input size, as :func:`ancis_fast.pipeline.preprocess.preprocess` makes it), and all hold the
+whole pipeline, :class:`~ancis_fast.pipeline.fast.FastCore`: detector, fused detection and
+mask stage. ``forward(x)`` returns, padded to ``M = box_budget`` boxes per image (image
+``b``'s detections are its first ``counts[b]`` rows, by descending score):
+``(boxes [B,M,4] (y1, x1, y2, x2) input pixels, scores [B,M], labels [B,M] int64,
+counts [B] int64, probs [B,M,h,w], mask_sizes [B,M,2] int64)``; box ``k``'s mask
+probabilities are the top-left ``mask_sizes[b,k]`` of ``probs[b,k]`` (0: no mask), to be
+pasted as spec §6 says (``ops.paste_masks`` / ``ops.paste_windows``).
 
-- ``torchscript`` (``.pt``): the whole fast pipeline, :class:`~ancis_fast.pipeline.fast.FastCore`
-  scripted: detector, fused detection and mask stage. ``forward(x)`` returns
-  ``(boxes [K,4] (y1, x1, y2, x2) input pixels, scores [K], labels [K] int64,
-  batch_idx [K] int64, probs [K,h,w], mask_sizes [K,2] int64)``. Loads in Python
+- ``torchscript`` (``.pt``): scripted; in fast mode the boxes per crop shape are read from
+  the data (one device read), exact mode plans its groups on the host. Loads in Python
   (:func:`load_exported`) and in C++ (``torch::jit::load``, ``csrc/tools/ancis_run.cpp``)
   once the ``ancis`` operator library is loaded (``import ancis_fast`` / ``libancis_ops``).
-- ``aoti`` (``.pt2``, AOTInductor): **detector + fused detection only**, as
-  :class:`DetectionModule`: ``forward(x)`` returns padded ``(boxes [B,M,4], scores [B,M],
-  labels [B,M], counts [B])`` with ``M = max_det`` (see ``ops.detect_padded``); image ``b``'s
-  detections are its first ``counts[b]`` rows. The mask stage groups boxes by crop size on the
-  host (data-dependent shapes and Python control flow), which ``torch.export`` cannot trace;
-  run it from the TorchScript file instead. The batch size is fixed at export time.
+- ``aoti`` (``.pt2``, AOTInductor; fast mode): one static graph (``torch.export``, strict),
+  fixed batch size and fixed boxes per crop shape (``shape_budgets``: by default measured on
+  the example images with 2x headroom, see :func:`static_budgets`); a box past its shape's
+  budget, or of a shape the examples never had, gets no mask (``mask_sizes`` 0). The C++
+  runner loads it too.
 - ``tensorrt``: delegated to ``ancis_fast.backends.tensorrt.export_tensorrt`` when that
   module is available.
 
-Every file records its settings (input size, thresholds, mode, ...) as JSON: the
+Every file records its settings (input size, thresholds, mode, budgets, ...) as JSON: the
 TorchScript extra file ``ancis_config.json`` (the thresholds and input size are also module
 attributes) or the AOTInductor package metadata key ``ancis_config``.
 """
@@ -28,22 +32,23 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Dict, Tuple, Union
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Union
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from .backends import torchscript
 from .backends.precision import INT8
 from .io.writers import atomic_path
-from .pipeline.fast import FastCore, default_buckets
+from .pipeline.fast import FastCore, box_budget as round_budget
 
 if TYPE_CHECKING:
     from .predictor import Predictor
 
 FORMATS = ("torchscript", "aoti", "tensorrt")
 CONFIG_KEY = "ancis_config.json"  # TorchScript extra file; AOTInductor metadata key "ancis_config"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: padded outputs [B, M, ...] with counts, whole pipeline in every format
+OUTPUTS = ("boxes", "scores", "labels", "counts", "probs", "mask_sizes")
 PathLike = Union[str, os.PathLike]
 
 
@@ -51,50 +56,47 @@ class ExportUnavailable(RuntimeError):
     """The requested export format cannot be produced in this environment."""
 
 
-def export_config(predictor: "Predictor", fmt: str) -> Dict[str, Any]:
-    """The settings a loader needs, as stored in an exported file."""
+def export_config(predictor: "Predictor", fmt: str, core: FastCore) -> Dict[str, Any]:
+    """The settings a loader needs, as stored in an exported file of ``core``."""
     cfg = predictor.config
-    outputs = (["boxes", "scores", "labels", "batch_idx", "probs", "mask_sizes"] if fmt == "torchscript"
-               else ["boxes", "scores", "labels", "counts"])
     return {
         "format": fmt, "format_version": FORMAT_VERSION, "torch": torch.__version__,
         "input_size": list(cfg.input_size), "conf_thresh": cfg.conf_thresh, "nms_thresh": cfg.nms_thresh,
         "seg_thresh": cfg.seg_thresh, "mode": cfg.mode, "prior_height": cfg.prior_height,
-        "max_candidates": cfg.max_candidates, "max_detections": cfg.max_detections,
-        "mask_buckets": list(cfg.mask_buckets or default_buckets(predictor.device)),
+        "max_candidates": cfg.max_candidates, "max_detections": cfg.max_detections, "box_budget": core.max_det,
+        "crop_sizes": list(core.crop_sizes), "shape_budgets": core.shape_budgets,
         "precision": getattr(cfg, "precision", "fp32"),
         "normalization": {"mode": cfg.normalization.mode, "percentiles": list(cfg.normalization.percentiles)},
-        "box_order": "y1,x1,y2,x2", "outputs": outputs,
+        "box_order": "y1,x1,y2,x2", "outputs": list(OUTPUTS),
     }
 
 
-def export_core(predictor: "Predictor") -> FastCore:
+def export_core(predictor: "Predictor", box_budget: Optional[int] = None,
+                shape_budgets: Optional[Sequence[int]] = None) -> FastCore:
     """A :class:`FastCore` (BN-folded detector, eager modules) of ``predictor``'s models and
-    settings on its device, whatever the predictor's own backend: an ``eager`` predictor's
-    own pipeline (not built, nor int8-calibrated, a second time), else a fresh one."""
+    settings on its device, whatever the predictor's own backend (an ``eager`` predictor's
+    own pipeline is not built, nor int8-calibrated, a second time), with at most
+    ``box_budget`` boxes per image (default: ``max_detections``) and fixed ``shape_budgets``
+    (default: read from the data)."""
     from .predictor import build_fast_pipeline
 
     pipeline = predictor.pipeline if predictor.backend == "eager" else build_fast_pipeline(
         predictor.detector, predictor.segmenter, predictor.config, predictor.device,
         calibration=predictor.calibration_images)
-    return pipeline.core().eval()
+    return pipeline.core(box_budget, shape_budgets).eval()
 
 
-class DetectionModule(nn.Module):
-    """Detector + fused detection of a :class:`FastCore` (the AOTInductor export's scope).
-
-    ``forward(x [B,3,H,W])`` -> ``boxes [B,M,4]`` (y1, x1, y2, x2) input pixels,
-    ``scores [B,M]``, ``labels [B,M]`` int64, ``counts [B]`` int64; rows past ``counts[b]``
-    are zero.
-    """
-
-    def __init__(self, core: FastCore):
-        super().__init__()
-        self.core = core
-
-    def forward(self, x: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
-        _, locs, conf, _ = self.core.run_detector(x)
-        return self.core.detect_padded(locs, conf)
+def static_budgets(core: FastCore, examples: Tensor, headroom: float = 2.0) -> List[int]:
+    """Boxes per crop shape for a static export of ``core``: the counts that the network
+    inputs ``examples [B,3,H,W]`` (images typical of the use) give, times ``headroom``,
+    rounded up to :data:`~ancis_fast.pipeline.fast.BOX_BUDGETS` (0 for shapes they never
+    use), for a batch of ``B``."""
+    with torch.inference_mode():
+        x, locs, conf, _ = core.run_detector(examples)
+        boxes, _, _, counts = core.detect_padded(locs, conf)
+        found = core.shape_counts(boxes, counts).tolist()
+    limit = boxes.shape[0] * boxes.shape[1]
+    return [round_budget(int(n * headroom + 0.999), limit) if n else 0 for n in found]
 
 
 def _require_native(fmt: str) -> None:
@@ -105,19 +107,32 @@ def _require_native(fmt: str) -> None:
                                 f"(the exported file calls torch.ops.ancis.*): {_native.reason()}")
 
 
-def export_torchscript(predictor: "Predictor", path: PathLike) -> Path:
+def export_torchscript(predictor: "Predictor", path: PathLike, box_budget: Optional[int] = None) -> Path:
     """Script the whole fast pipeline (:class:`FastCore`) and save it atomically to ``path``."""
     _require_native("torchscript")
-    module = torchscript.script(export_core(predictor))
-    config = json.dumps(export_config(predictor, "torchscript"))
+    core = export_core(predictor, box_budget)
+    module = torchscript.script(core)
+    config = json.dumps(export_config(predictor, "torchscript", core))
     with atomic_path(path) as tmp:
         torchscript.save(module, tmp, {CONFIG_KEY: config})
     return Path(path)
 
 
-def export_aoti(predictor: "Predictor", path: PathLike, batch_size: int = 1) -> Path:
-    """Compile detector + fused detection (:class:`DetectionModule`) with AOTInductor into
-    the package ``path`` (``.pt2``) for inputs ``[batch_size, 3, H, W]``. Takes minutes on a CPU."""
+def export_program(core: FastCore, example: Tensor) -> "torch.export.ExportedProgram":
+    """``torch.export`` (strict) of the whole static pipeline ``core`` (fast mode, fixed
+    ``shape_budgets``) for inputs shaped like ``example``."""
+    if core.mode != "fast" or core.shape_budgets is None:
+        raise ValueError("a static export needs mode='fast' and fixed shape_budgets (see static_budgets)")
+    with torch.no_grad():
+        return torch.export.export(core, (example,), strict=True)
+
+
+def export_aoti(predictor: "Predictor", path: PathLike, batch_size: int = 1, box_budget: Optional[int] = None,
+                examples: Optional[Tensor] = None, shape_budgets: Optional[Sequence[int]] = None) -> Path:
+    """Compile the whole static pipeline with AOTInductor into the package ``path``
+    (``.pt2``) for inputs ``[batch_size, 3, H, W]``: ``shape_budgets`` as given, else
+    :func:`static_budgets` of ``examples`` (network inputs; default: the bundled sample
+    image). Takes minutes on a CPU."""
     path = Path(path)
     if path.suffix != ".pt2":
         raise ValueError(f"AOTInductor packages must end in .pt2, got {str(path)!r}")
@@ -127,15 +142,32 @@ def export_aoti(predictor: "Predictor", path: PathLike, batch_size: int = 1) -> 
     if predictor.config.precision == INT8:
         raise ExportUnavailable("precision='int8' exports as --format torchscript only: torch.export does not "
                                 "trace torch.ao's quantized tensors")
-    module = DetectionModule(export_core(predictor)).eval()
-    example = torch.zeros((batch_size, 3, *predictor.config.input_size), device=predictor.device)
-    with torch.no_grad():
-        program = torch.export.export(module, (example,))
-    metadata = {"ancis_config": json.dumps(export_config(predictor, "aoti"))}
+    if predictor.config.mode != "fast":
+        raise ValueError("--format aoti exports the static fast mode; mode='exact' plans on the host "
+                         "(use --format torchscript)")
+    core = export_core(predictor, box_budget)
+    if shape_budgets is None:
+        examples = _sample_inputs(predictor) if examples is None else examples.to(predictor.device)
+        per_image = static_budgets(core, examples)
+        shape_budgets = [min(n * batch_size, core.max_det * batch_size) for n in per_image]
+    core = core.core(shape_budgets=shape_budgets).eval()
+    program = export_program(core, torch.zeros((batch_size, 3, *predictor.config.input_size),
+                                               device=predictor.device))
+    metadata = {"ancis_config": json.dumps(export_config(predictor, "aoti", core))}
     with atomic_path(path) as tmp:
         torch._inductor.aoti_compile_and_package(program, package_path=str(tmp),
                                                  inductor_configs={"aot_inductor.metadata": metadata})
     return path
+
+
+def _sample_inputs(predictor: "Predictor") -> Tensor:
+    """The bundled sample image as a network input ``[1,3,H,W]`` on the predictor's device."""
+    from .io.readers import read_image
+    from .models.weights import ASSETS
+    from .pipeline.preprocess import preprocess
+
+    image = read_image(ASSETS / "sample.png")
+    return preprocess(image, predictor.config.input_size, predictor.config.normalization)[0].to(predictor.device)
 
 
 def export_tensorrt_file(predictor: "Predictor", path: PathLike, **options: Any) -> Path:

@@ -20,7 +20,7 @@ from .backends.precision import INT8, check_precision, resolve_precision
 from .models import build_detector, build_segmenter, default_weights, load_weights, make_priors
 from .models.weights import WeightsSource
 from .pipeline import reference
-from .pipeline.fast import MODES, FastPipeline, check_buckets, default_buckets
+from .pipeline.fast import CROP_SIZES, MODES, FastPipeline, check_crop_sizes
 from .pipeline.preprocess import Normalization, preprocess, to_uint8
 from .streaming import FrameStream
 from .tiling import predict_tiled
@@ -49,10 +49,9 @@ class PredictorConfig:
     holds (its 200 candidates include several per nucleus); ``max_candidates=200,
     max_detections=500`` reproduces it.
 
-    ``mask_buckets``: the level-0 crop sizes (px, ascending) that ``mode="fast"`` resamples
-    each box to before its decoder pass; ``None`` takes the device's default
-    (:func:`~ancis_fast.pipeline.fast.default_buckets`: fine steps on a CPU, where compute
-    dominates, coarse ones on a GPU, where the number of passes does).
+    ``crop_sizes``: the level-0 crop sizes (px, square, ascending) of ``mode="fast"``: each
+    box is resampled to the one nearest its own size (halved on each deeper level) and the
+    boxes of a size are decoded in one static pass; see :mod:`ancis_fast.pipeline.fast`.
 
     ``zoom``: ``"auto"`` (default) or a factor from 1 to 4 by which images are enlarged
     (beyond the spec's resize to ``input_size``) and segmented in input-size tiles, for
@@ -69,14 +68,13 @@ class PredictorConfig:
     precision: str = "fp32"
     max_candidates: Optional[int] = None
     max_detections: int = 1000
-    mask_buckets: Optional[Tuple[int, ...]] = None
+    crop_sizes: Tuple[int, ...] = CROP_SIZES
     zoom: Zoom = AUTO
 
     def __post_init__(self) -> None:
         check_precision(self.precision)
         object.__setattr__(self, "zoom", check_zoom(self.zoom))
-        if self.mask_buckets is not None:
-            check_buckets(self.mask_buckets)
+        object.__setattr__(self, "crop_sizes", check_crop_sizes(self.crop_sizes))
         if self.max_candidates is not None and self.max_candidates < 1:
             raise ValueError(f"max_candidates={self.max_candidates}; expected None (all) or a count >= 1")
         if self.max_detections < 1:
@@ -121,7 +119,7 @@ class Predictor:
             of the fast backends' networks; ``"int8"`` (CPU, eager or torchscript): the
             detector trunk int8, calibrated on synthetic images (see :meth:`calibrate`),
             the rest fp32; the reference backend is fp32 only.
-        mode: for the fast backends, ``"fast"`` (size-bucketed mask stage, default) or
+        mode: for the fast backends, ``"fast"`` (static mask stage at one crop size, default) or
             ``"exact"`` (native crop sizes: the reference's masks up to float rounding).
         device: ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
         input_size: network input ``(H, W)``; images are resized to it and back.
@@ -315,25 +313,18 @@ class Predictor:
             return self._predict_fast(batch, [original_size])[0]
 
     def _predict_fast(self, batch: torch.Tensor, original_sizes: List[Tuple[int, int]]) -> List[Instances]:
-        """:meth:`FastPipeline.forward <ancis_fast.pipeline.fast.FastPipeline.forward>` stage by
-        stage (each through :attr:`stage_timer`), then the paste."""
+        """The fast pipeline stage by stage (each through :attr:`stage_timer`): detector,
+        detection, one read of the counts for the box budget, mask stage, device paste."""
         timed, pipe = self.stage_timer, self.pipeline
         with torch.inference_mode():
             x, locs, conf, features = timed("detector", pipe.run_detector, batch)
             detections = timed("detect", pipe.detect, locs, conf)
-            probs, mask_sizes = timed("mask", pipe.segment, x, features, detections)
-        return timed("paste", self._paste_fast, detections, probs, mask_sizes, original_sizes)
-
-    def _paste_fast(self, detections, probs: torch.Tensor, mask_sizes: torch.Tensor,
-                    original_sizes: List[Tuple[int, int]]) -> List[Instances]:
-        results = []
-        for b, original_size in enumerate(original_sizes):
-            keep = (detections.batch_idx == b).nonzero().flatten()
-            det = detections.index(keep)
-            masks = self.pipeline.paste(det, probs[keep], mask_sizes[keep], original_size, self.config.seg_thresh)
-            results.append(Instances((det.boxes.cpu() * self._box_scale(original_size)).numpy(),
-                                     det.scores.cpu().numpy(), masks, det.labels.cpu().numpy()))
-        return results
+            plan = pipe.plan(detections, original_sizes)
+            probs, mask_sizes = timed("mask", pipe.segment, x, features, detections, plan)
+            pasted = timed("paste", pipe.paste, detections, probs, mask_sizes, original_sizes, self.config.seg_thresh,
+                           plan)
+        return [Instances((boxes * self._box_scale(size)).numpy(), scores.numpy(), masks, labels.numpy())
+                for (boxes, scores, labels, masks), size in zip(pasted, original_sizes)]
 
     def _box_scale(self, original_size: Tuple[int, int]) -> torch.Tensor:
         """Factors from network-input to original-image pixels, ``[4]`` for (y1, x1, y2, x2)."""
@@ -393,7 +384,7 @@ def build_fast_pipeline(detector: nn.Module, segmenter: nn.Module, config: Predi
         detector, segmenter, config.input_size, config.conf_thresh, config.nms_thresh, config.mode,
         pre_nms_top_k=config.max_candidates, max_det=config.max_detections, channels_last=True,
         scripted=backend == "torchscript" and not int8, prior_height=config.prior_height,
-        buckets=config.mask_buckets or default_buckets(device),
+        crop_sizes=config.crop_sizes,
     ).to(device)
     inputs = None
     if int8:

@@ -18,7 +18,7 @@ from conftest import random_models  # noqa: E402
 from ancis_fast.data.sample import boxes_from_labels  # noqa: E402
 from ancis_fast.data.synthetic import SynthConfig, generate  # noqa: E402
 from ancis_fast.pipeline import reference  # noqa: E402
-from ancis_fast.pipeline.fast import Detections, FastPipeline, default_buckets  # noqa: E402
+from ancis_fast.pipeline.fast import FastPipeline, PaddedDetections  # noqa: E402
 from ancis_fast.pipeline.preprocess import preprocess  # noqa: E402
 
 
@@ -67,16 +67,18 @@ def main() -> None:
         report("reference detector", lambda: detector(x), 1)
         report("reference mask stage", lambda: reference.segment(
             segmenter, [segmenter.encode_c0(features[0])] + list(features[1:]), boxes), 1)
-        ones = torch.ones(len(boxes), dtype=torch.long, device=device)
-        detections = Detections(boxes, ones.float(), ones, ones * 0)
+        n = len(boxes)
+        detections = PaddedDetections(boxes[None], torch.ones(1, n, device=device),
+                                      torch.ones(1, n, dtype=torch.long, device=device),
+                                      torch.full((1,), n, dtype=torch.long, device=device))
         for mode in ("exact", "fast"):
-            buckets = default_buckets(device)
-            pipeline = FastPipeline(detector, segmenter, (512, 512), mode=mode, buckets=buckets).to(device)
+            pipeline = FastPipeline(detector, segmenter, (512, 512), mode=mode).to(device)
             x_fast, _, _, fast_features = pipeline.run_detector(x)
+            plan = pipeline.plan(detections, [original_size])
             report(f"{mode}: detector", lambda: pipeline.run_detector(x))
-            report(f"{mode}: mask stage", lambda: pipeline.segment(x_fast, fast_features, detections))
-            probs, sizes = pipeline.segment(x_fast, fast_features, detections)
-            report(f"{mode}: paste", lambda: pipeline.paste(detections, probs, sizes, original_size, 0.5), 1)
+            report(f"{mode}: mask stage", lambda: pipeline.segment(x_fast, fast_features, detections, plan))
+            probs, sizes = pipeline.segment(x_fast, fast_features, detections, plan)
+            report(f"{mode}: paste", lambda: pipeline.paste(detections, probs, sizes, [original_size], 0.5, plan), 1)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,10 @@ import pytest
 import torch
 
 from ancis_fast import Predictor
-from ancis_fast.pipeline.fast import BUCKETS, GPU_BUCKETS, bucket_index, default_buckets, level_shape
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from ancis_fast.pipeline.fast import (BOX_BUDGETS, CROP_SIZES, FastPipeline, PaddedDetections, box_budget,
+                                      level_shape, size_classes)
 from ancis_fast.predictor import PredictorConfig
 from conftest import blob_image, paired_mask_ious, random_models
 
@@ -19,18 +22,19 @@ def soft_models():
     return random_models(seed=2, mask_bias=0.3)
 
 
-def _predictors(models, mode, buckets=None):
+def _predictors(models, mode, crop_sizes=CROP_SIZES):
     # the release's detection limits: without them random weights give hundreds of cells per
     # image, whose near-tied scores (1e-7 apart) may swap order between the two paths
-    config = PredictorConfig(input_size=SIZE, mode=mode, mask_buckets=buckets, max_candidates=200, max_detections=500)
+    config = PredictorConfig(input_size=SIZE, mode=mode, crop_sizes=crop_sizes, max_candidates=200,
+                             max_detections=500)
     return (Predictor.from_models(*models, config=config),
             Predictor.from_models(*models, backend="eager", config=config))
 
 
-@pytest.mark.parametrize("mode, min_iou, buckets", [("exact", 0.99, None), ("fast", 0.8, None),
-                                                    ("fast", 0.8, GPU_BUCKETS)])
-def test_eager_agrees_with_reference(soft_models, mode, min_iou, buckets):
-    reference, eager = _predictors(soft_models, mode, buckets)
+@pytest.mark.parametrize("mode, min_iou, crop_sizes", [("exact", 0.99, CROP_SIZES), ("fast", 0.8, CROP_SIZES),
+                                                       ("fast", 0.8, (16, 64))])
+def test_eager_agrees_with_reference(soft_models, mode, min_iou, crop_sizes):
+    reference, eager = _predictors(soft_models, mode, crop_sizes)
     for seed in range(2):
         image = blob_image(seed=seed)
         ref, got = reference.predict(image), eager.predict(image)
@@ -71,72 +75,146 @@ def test_torchscript_backend_equals_eager(soft_models):
     assert paired_mask_ious(a, b).mean() >= 0.999
 
 
-def test_buckets():
-    def bucket_size(length):
-        return BUCKETS[int(bucket_index(torch.tensor([length]), torch.tensor(BUCKETS)))]
+def test_crop_shapes_and_budgets():
+    """Per axis the crop size nearest (log scale) the level-0 length; budgets from the ladder."""
+    sizes = (8, 12, 16, 24, 32)
+    edges = (torch.tensor(sizes[:-1], dtype=torch.float64) * torch.tensor(sizes[1:])).sqrt().float()
 
-    assert bucket_size(1) == 8 and bucket_size(24) == 24 and bucket_size(25) == 28 and bucket_size(10_000) == 512
+    def shape(h, w):
+        index = int(size_classes(torch.tensor([[0, 0, h - 1, w - 1]]), edges))
+        return sizes[index // len(sizes)], sizes[index % len(sizes)]
+
+    assert shape(8, 8) == (8, 8) and shape(9, 9) == (8, 8) and shape(10, 11) == (12, 12)
+    assert shape(14, 40) == (16, 32) and shape(1, 500) == (8, 32)
     assert [level_shape(24, i) for i in range(5)] == [24, 12, 6, 3, 3]
-    assert default_buckets(torch.device("cpu")) == BUCKETS and default_buckets(torch.device("cuda")) == GPU_BUCKETS
-    assert PredictorConfig(mask_buckets=(16, 64)).mask_buckets == (16, 64)
+    assert box_budget(0, 500) == BOX_BUDGETS[0] and box_budget(9, 500) == 16 and box_budget(300, 500) == 500
+    assert PredictorConfig(crop_sizes=[16, 64]).crop_sizes == (16, 64)
     for bad in ((), (32, 16), (16, 16), (2, 8), (8.5,)):
-        with pytest.raises(ValueError, match="mask buckets"):
-            PredictorConfig(mask_buckets=bad)
+        with pytest.raises(ValueError, match="crop_sizes"):
+            PredictorConfig(crop_sizes=bad)
+
+
+def _padded(boxes, device="cpu"):
+    n = boxes.shape[0]
+    return PaddedDetections(boxes[None].to(device), torch.ones(1, n, device=device),
+                            torch.ones(1, n, dtype=torch.long, device=device),
+                            torch.full((1,), n, dtype=torch.long, device=device))
+
+
+def _square_boxes(sides, top=30.0, left=20.0):
+    sides = torch.as_tensor(sides, dtype=torch.float32)
+    return torch.stack([torch.full_like(sides, top), torch.full_like(sides, left), top + sides, left + sides], 1)
+
+
+class _CountOps(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+def test_static_mask_stage_dispatches_the_same_ops_for_10_and_300_boxes(soft_models):
+    """Fast mode at fixed budgets is one static graph: the number of aten ops it dispatches
+    does not depend on how many boxes there are (up to the budgets)."""
+    pipeline = FastPipeline(*soft_models, SIZE, crop_sizes=(12,))
+    budgets = [300]
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(1, 3, *SIZE, generator=g)
+    counts = []
+    with torch.inference_mode():
+        x, _, _, features = pipeline.run_detector(x)
+        for n in (10, 300):
+            corner = torch.rand(n, 2, generator=g) * 90
+            side = 6 + torch.rand(n, 2, generator=g) * 30
+            det = _padded(torch.cat([corner, corner + side], 1))
+            with _CountOps() as ops_seen:
+                probs, sizes = pipeline.segment_padded(x, features, det.boxes, det.counts, budgets)
+            counts.append(ops_seen.count)
+            assert probs.shape[:2] == (1, n) and bool((sizes > 0).all())
+    assert counts[0] == counts[1], counts
+
+
+def test_boxes_past_a_shape_budget_get_no_mask(soft_models):
+    pipeline = FastPipeline(*soft_models, SIZE, crop_sizes=(16,))
+    det = _padded(_square_boxes([14.0, 15.0, 16.0, 17.0]))
+    with torch.inference_mode():
+        x, _, _, features = pipeline.run_detector(torch.rand(1, 3, *SIZE, generator=torch.Generator().manual_seed(1)))
+        full, full_sizes = pipeline.segment_padded(x, features, det.boxes, det.counts, [4])
+        part, part_sizes = pipeline.segment_padded(x, features, det.boxes, det.counts, [2])
+    assert full_sizes[0].tolist() == [[16, 16]] * 4
+    assert part_sizes[0].tolist() == [[16, 16]] * 2 + [[0, 0]] * 2  # the first rows keep their masks
+    torch.testing.assert_close(part[0, :2], full[0, :2], atol=1e-5, rtol=0)
+
+
+def test_static_masks_do_not_depend_on_the_other_boxes(soft_models):
+    """A box decoded among many equals the same box decoded alone (budgets, padding rows and
+    other shapes do not leak into it)."""
+    pipeline = FastPipeline(*soft_models, SIZE)
+    boxes = _square_boxes([6.0, 13.0, 20.0, 33.0, 50.0, 70.0])
+    det = _padded(boxes)
+    with torch.inference_mode():
+        x, _, _, features = pipeline.run_detector(torch.rand(1, 3, *SIZE, generator=torch.Generator().manual_seed(2)))
+        probs, sizes = pipeline.segment_padded(x, features, det.boxes, det.counts, None)
+        for k in range(len(boxes)):
+            one = _padded(boxes[k : k + 1])
+            alone, alone_sizes = pipeline.segment_padded(x, features, one.boxes, one.counts, None)
+            h, w = alone_sizes[0, 0].tolist()
+            assert sizes[0, k].tolist() == [h, w] and h > 0
+            torch.testing.assert_close(probs[0, k, :h, :w], alone[0, 0, :h, :w], atol=1e-5, rtol=0)
 
 
 def test_decoder_steps_batch_boxes_across_level0_sizes(soft_models):
     """Exact mode: boxes whose level-0 crops differ but whose deeper crops match share the
     deep decoder steps; each box's mask equals decoding it alone."""
-    from ancis_fast.pipeline.fast import Detections, FastPipeline
-
     pipeline = FastPipeline(*soft_models, SIZE, mode="exact")
     calls = []
     decode_stage = pipeline.segmenter.decode_stage
     pipeline.segmenter.decode_stage = lambda level, pre, skip: calls.append((level, pre.shape[0])) or decode_stage(
         level, pre, skip)
     # level-0 sizes 32..38 px: 7 level-0 crop shapes, fewer on levels 3 and 4
-    sides = torch.tensor([32.0, 33.0, 34.0, 35.0, 36.0, 37.0, 38.0])
-    boxes = torch.stack([torch.full_like(sides, 40.0), torch.full_like(sides, 40.0), 40 + sides, 40 + sides], 1)
-    det = Detections(boxes, torch.ones(7), torch.ones(7, dtype=torch.long), torch.zeros(7, dtype=torch.long))
+    boxes = _square_boxes([32.0, 33.0, 34.0, 35.0, 36.0, 37.0, 38.0], 40.0, 40.0)
+    det = _padded(boxes)
     x = torch.rand(1, 3, *SIZE, generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
         x, _, _, features = pipeline.run_detector(x)
-        probs, sizes = pipeline.segment(x, features, det)
+        probs, sizes = pipeline.segment_padded(x, features, det.boxes, det.counts)
+        probs, sizes = probs[0], sizes[0]
         level3 = [n for level, n in calls if level == 3]
         level0 = [n for level, n in calls if level == 0]
         assert sum(level3) == sum(level0) == 7
         assert len(level0) == len(set(sizes[:, 0].tolist())) == 7 and len(level3) < 7
         for k in range(7):
-            alone, alone_sizes = pipeline.segment(x, features, det.index(torch.tensor([k])))
-            h, w = alone_sizes[0].tolist()
+            one = _padded(boxes[k : k + 1])
+            alone, alone_sizes = pipeline.segment_padded(x, features, one.boxes, one.counts)
+            h, w = alone_sizes[0, 0].tolist()
             assert sizes[k].tolist() == [h, w]
-            torch.testing.assert_close(probs[k, :h, :w], alone[0, :h, :w], atol=1e-5, rtol=0)
+            torch.testing.assert_close(probs[k, :h, :w], alone[0, 0, :h, :w], atol=1e-5, rtol=0)
 
 
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_mask_stage_synchronises_once_on_a_gpu(soft_models):
-    """The decoder's groups are planned from one device-to-host copy; nothing else waits."""
-    from ancis_fast.pipeline.fast import Detections, FastPipeline
-
-    pipeline = FastPipeline(*soft_models, SIZE).cuda()
-    sides = torch.tensor([12.0, 20.0, 33.0, 34.0, 50.0], device="cuda")
-    boxes = torch.stack([torch.full_like(sides, 30.0), torch.full_like(sides, 20.0), 30 + sides, 20 + sides], 1)
-    ones = torch.ones(5, dtype=torch.long, device="cuda")
-    det = Detections(boxes, ones.float(), ones, ones * 0)
+@pytest.mark.parametrize("mode, syncs", [("fast", 0), ("exact", 1)])
+def test_mask_stage_synchronisations_on_a_gpu(soft_models, mode, syncs):
+    """Static fast mode never waits for the device; exact mode plans from one copy."""
+    pipeline = FastPipeline(*soft_models, SIZE, mode=mode).cuda()
+    det = _padded(_square_boxes([12.0, 20.0, 33.0, 34.0, 50.0]), "cuda")
     with torch.inference_mode():
         x, _, _, features = pipeline.run_detector(torch.rand(1, 3, *SIZE, device="cuda"))
+        plan = pipeline.plan(det, [SIZE])
         torch.cuda.synchronize()
         torch.cuda.set_sync_debug_mode("warn")
         try:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
-                probs, sizes = pipeline.segment(x, features, det)
+                probs, sizes = pipeline.segment(x, features, det, plan)
         finally:
             torch.cuda.set_sync_debug_mode("default")
-    syncs = [str(w.message) for w in caught if "synchroniz" in str(w.message)]
-    assert len(syncs) == 1, syncs
-    assert probs.shape[0] == 5 and bool((sizes > 0).all())
+    seen = [str(w.message) for w in caught if "synchroniz" in str(w.message)]
+    assert len(seen) == syncs, seen
+    assert probs.shape[1] == 5 and bool((sizes > 0).all())
 
 
 def test_core_buffers_live_with_the_priors():
@@ -146,4 +224,4 @@ def test_core_buffers_live_with_the_priors():
     priors = torch.zeros(10, 4, device="meta")
     core = FastCore(torch.nn.Identity(), torch.nn.Identity(), priors, SIZE)
     for module in (core, core.core()):
-        assert module.bucket_lengths.device == module.bucket_edges.device == priors.device
+        assert module.size_edges.device == priors.device

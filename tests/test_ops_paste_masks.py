@@ -194,3 +194,47 @@ def test_paste_cuda_matches_cpu(dtype):
     gpu_l = ops.paste_masks(probs.cuda(), boxes.cuda(), input_size, output_size, label_image=True,
                             scores=scores.cuda()).cpu()
     assert torch.equal(gpu_l, cpu_l)
+
+
+def _from_windows(windows, origins, output_size):
+    """Dense ``[K, H0, W0]`` masks of ``paste_windows``' windows (nothing may leave the image)."""
+    dense = torch.zeros((windows.shape[0], *output_size), dtype=torch.bool)
+    for k, ((y, x), window) in enumerate(zip(origins.tolist(), windows)):
+        h, w = min(window.shape[0], output_size[0] - y), min(window.shape[1], output_size[1] - x)
+        assert not window[h:].any() and not window[:, w:].any(), k
+        dense[k, y : y + h, x : x + w] = window[:h, :w]
+    return dense
+
+
+@pytest.mark.parametrize("output_size", [(64, 80), (130, 97), (33, 41), (200, 200)])
+def test_paste_windows_equal_dense_paste(output_size):
+    """Windows placed at their origins are exactly ``paste_masks``' masks: boxes partly or
+    wholly outside, NaN boxes, patches of every valid size (0: no mask), up- and downscaling."""
+    g = torch.Generator().manual_seed(sum(output_size))
+    k, input_size = 24, (64, 80)
+    probs = torch.rand(k, 12, 14, generator=g)
+    boxes = _boxes(k, *input_size, seed=sum(output_size), margin=6.0, max_frac=0.5)
+    boxes[0] = float("nan")
+    boxes[1, 2] = boxes[1, 0] - 3  # inverted
+    sizes = torch.stack([torch.randint(0, 13, (k,), generator=g), torch.randint(0, 15, (k,), generator=g)], 1)
+    sizes[2] = torch.tensor([12, 14])
+    expected = paste_masks_torch(probs, boxes, sizes, input_size, output_size, 0.5)
+    windows, origins = ops.paste_windows(probs, boxes, input_size, output_size, 0.5, mask_sizes=sizes)
+    assert expected.any() and torch.equal(_from_windows(windows, origins, output_size), expected)
+    extents = ops.paste_extents(boxes, input_size, output_size)  # mask or not
+    assert windows.shape[1:] == tuple(extents[(sizes > 0).all(dim=1)].max(dim=0).values.tolist())
+    larger, larger_origins = ops.paste_windows(probs, boxes, input_size, output_size, 0.5, mask_sizes=sizes,
+                                               window=(windows.shape[1] + 5, windows.shape[2] + 3))
+    assert torch.equal(_from_windows(larger, larger_origins, output_size), expected)
+
+
+def test_paste_windows_native_size_patches_equal_reference():
+    input_size, output_size = (96, 128), (200, 300)
+    boxes = _boxes(10, *input_size, seed=5)
+    sizes = _native_crop_sizes(boxes, input_size)
+    g = torch.Generator().manual_seed(5)
+    probs = torch.rand(10, max(h for h, _ in sizes), max(w for _, w in sizes), generator=g)
+    mask_sizes = torch.tensor(sizes)
+    windows, origins = ops.paste_windows(probs, boxes, input_size, output_size, 0.5, mask_sizes=mask_sizes)
+    expected = _reference_masks(probs, boxes, input_size, output_size, sizes=sizes)
+    assert torch.equal(_from_windows(windows, origins, output_size), expected)

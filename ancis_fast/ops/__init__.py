@@ -13,11 +13,12 @@ from .crop_and_resize import crop_and_resize, level_crop_bounds
 from .decode import decode
 from .detect import Detections, detect, detect_padded
 from .nms import batched_nms, nms
-from .paste_masks import paste_masks
+from .paste_masks import paste_extents, paste_masks, paste_windows
 
 __all__ = [
     "native_available", "decode", "detect", "detect_padded", "Detections", "nms", "batched_nms",
-    "crop_and_resize", "level_crop_bounds", "paste_masks",
+    "crop_and_resize", "level_crop_bounds", "paste_masks", "paste_windows",
+    "paste_extents",
 ]
 
 # Load the library now (silently; the first fallback warns) so that torch.ops.ancis.* exist

@@ -191,3 +191,123 @@ def _resize_linear(src: Tensor, dst_h: int, dst_w: int) -> Tensor:
     sy, fy, _ = (t.to(src.device) for t in _linear_taps(src_h, dst_h))
     sy1 = (sy + 1).clamp(max=src_h - 1)
     return rows[sy] * (1 - fy)[:, None] + rows[sy1] * fy[:, None]
+
+
+def paste_windows(probs: Tensor, boxes: Tensor, input_size: Sequence[int], output_size: Optional[Sequence[int]] = None,
+                  threshold: float = 0.5, mask_sizes: Optional[Tensor] = None,
+                  window: Optional[Sequence[int]] = None) -> Tuple[Tensor, Tensor]:
+    """:func:`paste_masks` into one window per box instead of a full-size mask each: the
+    same pixels, in memory proportional to the boxes, made on the device of ``probs``
+    (vectorised torch, no per-box loop).
+
+    Args:
+        probs, boxes, input_size, output_size, threshold, mask_sizes: as :func:`paste_masks`.
+        window: ``(h, w)`` of every window, at least :func:`paste_extents`' largest;
+            ``None``: exactly that (one read of the device).
+    Returns:
+        ``windows`` bool ``[K, h, w]`` and ``origins`` int64 ``[K, 2]`` ``(y, x)``: box
+        ``k``'s mask is ``windows[k]`` placed at ``origins[k]`` of the ``output_size``
+        image (all of it lies in the window); an empty window for boxes without a mask.
+    """
+    op = "paste_windows"
+    (height, width), (out_h, out_w) = _check(probs, boxes, mask_sizes, None, input_size, output_size, op)
+    if mask_sizes is None:
+        mask_sizes = torch.tensor(probs.shape[1:], device=probs.device).expand(probs.shape[0], 2)
+    tables = (_nearest_table(height, out_h, probs.device), _nearest_table(width, out_w, probs.device))
+    y_span, x_span, valid = _window_spans(boxes, mask_sizes, (height, width), tables)
+    if window is None:
+        extent = _extents(y_span, x_span, valid)
+        window = [max(int(n), 1) for n in (extent.max(dim=0).values.tolist() if extent.shape[0] else [1, 1])]
+    win_h, win_w = _checks.size2(window, "window", op)
+    chunk = max(1, _WINDOW_CHUNK_ELEMENTS // max(win_h * max(win_w, probs.shape[2]), 1))
+    windows = [_paste_window_chunk(probs[s : s + chunk], mask_sizes[s : s + chunk],
+                                   [t[s : s + chunk] for t in y_span], [t[s : s + chunk] for t in x_span],
+                                   valid[s : s + chunk], tables, (win_h, win_w), threshold)
+               for s in range(0, probs.shape[0], chunk)]
+    out = torch.cat(windows) if windows else torch.zeros((0, win_h, win_w), dtype=torch.bool, device=probs.device)
+    origins = torch.stack([y_span[2], x_span[2]], dim=1) * valid[:, None]
+    return out, origins
+
+
+def paste_extents(boxes: Tensor, input_size: Sequence[int], output_size: Sequence[int]) -> Tensor:
+    """int64 ``[K, 2]``: the ``(h, w)`` of the output region each box's mask can cover (0
+    for none), on the device of ``boxes``; the window :func:`paste_windows` needs is their
+    maximum. Boxes ``[K, 4]`` (y1, x1, y2, x2) in input pixels."""
+    (height, width), (out_h, out_w) = (_checks.size2(input_size, "input_size", "paste_extents"),
+                                       _checks.size2(output_size, "output_size", "paste_extents"))
+    tables = (_nearest_table(height, out_h, boxes.device), _nearest_table(width, out_w, boxes.device))
+    ones = torch.ones((boxes.shape[0], 2), dtype=torch.long, device=boxes.device)
+    return _extents(*_window_spans(boxes, ones, (height, width), tables))
+
+
+def _extents(y_span: List[Tensor], x_span: List[Tensor], valid: Tensor) -> Tensor:
+    return torch.stack([y_span[1] - y_span[0], x_span[1] - x_span[0]], dim=1) * valid[:, None]
+
+
+_WINDOW_CHUNK_ELEMENTS = 1 << 24  # bounds paste_windows' temporaries (~5 floats per element)
+
+def _window_spans(boxes: Tensor, mask_sizes: Tensor, input_size: Tuple[int, int],
+                  tables: Tuple[Tensor, Tensor]) -> Tuple[List[Tensor], List[Tensor], Tensor]:
+    """Per box and axis (``tables``: :func:`_nearest_table` of each axis):
+    ``[out_start, out_end, origin, canvas_start, canvas_len]`` (int64 ``[K]`` each; the
+    spec §6 integer box on the canvas and the output pixels whose nearest canvas pixel lies
+    in it) and ``valid [K]`` bool: the box has a mask and covers an output pixel."""
+    b = boxes.double()
+    nan = torch.isnan(b).any(dim=1)
+    r = torch.round(torch.nan_to_num(b, nan=0.0).clamp(-4.0e15, 4.0e15)).to(torch.long)  # half to even
+    valid = ~nan & (mask_sizes[:, 0] > 0) & (mask_sizes[:, 1] > 0)
+    spans: List[List[Tensor]] = []
+    for axis, (size, table) in enumerate(zip(input_size, tables)):
+        lo, hi = r[:, axis].clamp(min=0), r[:, axis + 2].clamp(max=size - 1)
+        start = torch.searchsorted(table, lo.contiguous())
+        end = torch.searchsorted(table, hi.contiguous(), right=True)
+        valid = valid & (hi >= lo) & (end > start)
+        spans.append([start, end, start, lo, hi - lo + 1])
+    return spans[0], spans[1], valid
+
+
+def _axis_taps(span: List[Tensor], src_len: Tensor, length: int, table: Tensor) -> Tuple[Tensor, ...]:
+    """Taps of ``length`` window positions of every box along one axis (``span`` as
+    :func:`_window_spans`, ``src_len [K]`` the patch length): the ``cv::resize``
+    ``INTER_LINEAR`` source index, next index, float32 weight of the next, whether only one
+    source pixel is read, and whether the position lies in the box (all ``[K, length]``)."""
+    start, end, _, canvas_lo, canvas_len = span
+    src_len = src_len.clamp(min=1)  # boxes without a mask: any in-range taps, masked out later
+    pos = start[:, None] + torch.arange(length, device=start.device)[None, :]
+    inside = pos < end[:, None]
+    canvas = table[pos.clamp(max=table.shape[0] - 1)] - canvas_lo[:, None]
+    canvas = torch.minimum(canvas.clamp(min=0), canvas_len[:, None] - 1)
+    scale = 1.0 / (canvas_len.double() / src_len.double())
+    f = ((canvas.double() + 0.5) * scale[:, None] - 0.5).float()
+    s = torch.floor(f)
+    f = f - s
+    s = s.to(torch.long)
+    left = s < 0
+    s, f = torch.where(left, 0, s), torch.where(left, 0.0, f)
+    single = s + 1 >= src_len[:, None]
+    s, f = torch.where(single, src_len[:, None] - 1, s), torch.where(single, 0.0, f)
+    return s, torch.where(single, s, s + 1), f, single, inside
+
+
+def _paste_window_chunk(probs: Tensor, mask_sizes: Tensor, y_span: List[Tensor], x_span: List[Tensor],
+                        valid: Tensor, tables: Tuple[Tensor, Tensor], window: Tuple[int, int],
+                        threshold: float) -> Tensor:
+    """``paste_windows`` of a chunk of boxes: bool ``[k, h, w]``, the arithmetic of
+    :func:`_resize_linear` (and so of the native op) per window pixel."""
+    k, _, patch_w = probs.shape
+    win_h, win_w = window
+    sy, _, fy, _, in_y = _axis_taps(y_span, mask_sizes[:, 0], win_h, tables[0])
+    sx, nx, fx, single_x, in_x = _axis_taps(x_span, mask_sizes[:, 1], win_w, tables[1])
+    sy1 = torch.minimum(sy + 1, mask_sizes[:, :1].clamp(min=1) - 1)
+    p = probs.float()
+
+    def rows(index: Tensor) -> Tensor:  # the x-resized patch rows ``index [k, win_h]``: [k, win_h, win_w]
+        picked = p.gather(1, index[:, :, None].expand(k, win_h, patch_w))
+        a = picked.gather(2, sx[:, None, :].expand(k, win_h, win_w))
+        b = picked.gather(2, nx[:, None, :].expand(k, win_h, win_w))
+        w = fx[:, None, :]
+        return torch.where(single_x[:, None, :], a * 1.0, a * (1 - w) + b * w)
+
+    values = rows(sy) * (1 - fy)[:, :, None] + rows(sy1) * fy[:, :, None]
+    thr = torch.tensor(threshold, dtype=torch.float32).item()
+    return (values >= thr) & in_y[:, :, None] & in_x[:, None, :] & valid[:, None, None]

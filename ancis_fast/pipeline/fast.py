@@ -1,28 +1,30 @@
-"""The fast ANCIS pipeline: the reference network, run batched.
+"""The fast ANCIS pipeline: the reference network, run batched on padded detections.
 
 Differences from :mod:`ancis_fast.pipeline.reference` (same models, same maths):
 
 - the detector is BN-folded with fused attention (:mod:`ancis_fast.backends.optimize`);
-- detection is one fused native call for the whole batch (``ops.detect_padded``);
+- detection is one fused native call for the whole batch (``ops.detect_padded``); detections
+  stay padded ``[B, M]`` with a count per image, ``M`` a *box budget*;
 - ``layer_c0`` runs on each box's crop plus a 2-pixel halo (its receptive field) instead of
   on the whole image;
 - the mask decoder runs step by step (``Segmenter.decode_stage`` from the deepest level,
-  then ``head``), each step once per *group* of boxes that share its crop shapes, instead
-  of once per box; deep steps, whose weights are large, so see large batches:
+  then ``head``) on many boxes at once:
 
-  * ``mode="exact"``: boxes are grouped by their native crop shapes, so masks equal the
-    reference up to float rounding;
-  * ``mode="fast"``: every level crop is resampled (``ops.crop_and_resize``, bilinear,
-    align_corners) to a size bucket derived from the box's level-0 crop, so a few forward
-    passes serve all boxes; masks approximate the reference (mean IoU >= 0.95, tested
-    with the bundled model);
+  * ``mode="fast"`` (static): each box is decoded at a fixed crop shape, per axis the one
+    of a few sizes (:data:`CROP_SIZES`, level 0, halved per level, :func:`level_shape`)
+    nearest its own level-0 length; per shape, a fixed *budget* of boxes is picked on the
+    device (a stable sort, no host read) and every decoder step runs once for all of them; a box with fewer
+    levels starts its decoding where the reference does (``torch.where`` keeps its own crop
+    until then). No host synchronisation and no data-dependent shape: TorchScript,
+    ``torch.export`` / AOTInductor, TensorRT and CUDA graphs take detector, detection and
+    mask stage as one graph. Masks approximate the reference (tested: mean IoU >= 0.95 on
+    matched cells, small and large);
+  * ``mode="exact"``: boxes are grouped by their native crop shapes, planned on the host,
+    so masks equal the reference up to float rounding;
 
 - crops are channels-last when the pipeline is (the CPU convolutions' fast layout);
-- detection and the mask stage are one TorchScript-compatible implementation,
-  :class:`FastCore`: eagerly it calls the checked ``ops`` wrappers (with their pure-torch
-  fallbacks), scripted it calls ``torch.ops.ancis.*``; :mod:`ancis_fast.export` scripts it;
-- masks are pasted with ``ops.paste_masks`` (the spec §6 resize, threshold and nearest
-  resize to the original size), in chunks so memory stays bounded.
+- masks are pasted on the device into per-box windows (``ops.paste_windows``), copied to the
+  host once per batch.
 """
 # No `from __future__ import annotations`: TorchScript reads FastCore's class annotations.
 import copy
@@ -42,46 +44,57 @@ from ..ops.crop_and_resize import level_crop_bounds_unchecked
 
 MODES = ("fast", "exact")
 HALO = 2  # layer_c0 is two 3x3 convs: a 2-pixel halo makes the crop's features exact
-#: level-0 crop sizes (per axis) that ``mode="fast"`` resamples boxes to, on a CPU: the
-#: decoder's convolutions dominate there, so fine steps waste little compute on padding
-BUCKETS = (8, 12, 16, 20, 24, 28, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 256, 320, 384, 512)
-#: the same on a GPU, where every decoder pass costs ~100 small launches whatever its size:
-#: fewer, coarser groups (19 instead of 85 for the 806 cells of the benchmark's 8 images)
-GPU_BUCKETS = (16, 32, 64, 128, 256, 512)
+#: fast mode's level-0 crop lengths (px; steps of about 1.25x): per axis, a box is decoded at the
+#: one nearest its native level-0 length (in log scale), so shapes are pairs of these. One
+#: fixed size for every box loses much where boxes are far from it (README "Performance")
+CROP_SIZES = (8, 10, 12, 16, 20, 24, 32, 40, 48, 64, 80, 96, 128)
 NUM_LEVELS = 5  # c0..c4
-PASTE_CHUNK = 64
+#: per-image box budgets the Predictor rounds the largest count of a batch up to: few
+#: distinct shapes (one CUDA graph / TensorRT profile each), at most 2x padded boxes
+BOX_BUDGETS = (8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
+WINDOW_STEP = 16  # paste windows are rounded up to multiples of this (few distinct shapes)
 
 
 @dataclass
-class Detections:
-    """All detections of a batch, flattened: boxes in network-input pixels."""
+class PaddedDetections:
+    """The detections of a batch, padded: image ``b``'s are its first ``counts[b]`` rows,
+    by descending score; rows after them are zero. Boxes in network-input pixels."""
 
-    boxes: Tensor  # [K, 4] (y1, x1, y2, x2)
-    scores: Tensor  # [K]
-    labels: Tensor  # [K] int64
-    batch_idx: Tensor  # [K] int64
+    boxes: Tensor  # [B, M, 4] (y1, x1, y2, x2)
+    scores: Tensor  # [B, M]
+    labels: Tensor  # [B, M] int64
+    counts: Tensor  # [B] int64
 
-    def index(self, keep: Tensor) -> "Detections":
-        return Detections(self.boxes[keep], self.scores[keep], self.labels[keep], self.batch_idx[keep])
-
-
-def bucket_index(lengths: Tensor, buckets: Tensor) -> Tensor:
-    """Index into ``buckets`` (ascending, on ``lengths``' device) of the smallest bucket >=
-    each of ``lengths`` (the largest bucket for longer crops); same shape as ``lengths``."""
-    return torch.bucketize(lengths.contiguous(), buckets).clamp(max=buckets.shape[0] - 1)
+    def head(self, budget: int) -> "PaddedDetections":
+        """The first ``budget`` rows of every image (``budget`` >= every count)."""
+        return PaddedDetections(self.boxes[:, :budget], self.scores[:, :budget], self.labels[:, :budget], self.counts)
 
 
-def default_buckets(device: torch.device) -> Tuple[int, ...]:
-    """Fast mode's crop sizes for ``device``: :data:`GPU_BUCKETS` on CUDA, else :data:`BUCKETS`."""
-    return GPU_BUCKETS if torch.device(device).type == "cuda" else BUCKETS
+def box_budget(count: int, limit: int) -> int:
+    """The smallest of :data:`BOX_BUDGETS` holding ``count`` boxes, at most ``limit``."""
+    for budget in BOX_BUDGETS:
+        if budget >= count:
+            return min(budget, limit)
+    return limit
 
 
-def check_buckets(buckets: Sequence[int]) -> Tuple[int, ...]:
-    """``buckets`` as a tuple; a ``ValueError`` unless they are ascending integers >= 3."""
-    values = tuple(buckets)
-    if not values or any(not isinstance(b, int) or b < 3 for b in values) or list(values) != sorted(set(values)):
-        raise ValueError(f"mask buckets {values}: expected ascending, distinct integers >= 3 (crop sizes in px)")
+def check_crop_sizes(sizes: Sequence[int]) -> Tuple[int, ...]:
+    """``sizes`` as a tuple if they are usable fast-mode crop sizes, else a ``ValueError``."""
+    values = tuple(sizes)
+    if (not values or any(isinstance(v, bool) or not isinstance(v, int) or not 4 <= v <= 512 for v in values)
+            or list(values) != sorted(set(values))):
+        raise ValueError(f"crop_sizes={values}; expected ascending, distinct integer crop sizes from 4 to 512 px")
     return values
+
+
+def size_classes(bounds0: Tensor, edges: Tensor) -> Tensor:
+    """Fast mode's crop shape of each box, as an index ``i * S + j`` into the shapes
+    ``(sizes[i], sizes[j])``: per axis, the size nearest (in log scale) the box's level-0
+    crop length. ``bounds0 [K,4]`` int64 inclusive crops, ``edges [S-1]`` float32: the
+    geometric means of neighbouring sizes. Returns int64 ``[K]``."""
+    lengths = (bounds0[:, 2:] - bounds0[:, :2] + 1).clamp(min=1).to(torch.float32)
+    index = torch.bucketize(lengths, edges)
+    return index[:, 0] * (edges.shape[0] + 1) + index[:, 1]
 
 
 def level_shape(size0: int, level: int) -> int:
@@ -89,8 +102,13 @@ def level_shape(size0: int, level: int) -> int:
     return max(3, int(round(size0 / 2**level)))
 
 
-# The op calls of FastCore: the native op when scripted (TorchScript cannot compile the
-# Python wrappers), the checked wrapper with its pure-torch fallback otherwise.
+# The op calls of FastCore go straight to the native op when scripted, exported or compiled
+# (the Python wrappers check values on the host); eagerly through the checked wrapper, which
+# has a pure-torch fallback.
+
+def _tracing() -> bool:
+    return torch.jit.is_scripting() or torch.compiler.is_compiling()
+
 
 @torch.jit.unused
 def _detect_padded_eager(locs: Tensor, conf: Tensor, priors: Tensor, conf_thresh: float, nms_thresh: float,
@@ -100,7 +118,7 @@ def _detect_padded_eager(locs: Tensor, conf: Tensor, priors: Tensor, conf_thresh
 
 def _detect_padded(locs: Tensor, conf: Tensor, priors: Tensor, conf_thresh: float, nms_thresh: float,
                    pre_nms_top_k: Optional[int], max_det: int) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
-    if torch.jit.is_scripting():
+    if _tracing():
         return torch.ops.ancis.detect(locs, conf, priors, conf_thresh, nms_thresh, pre_nms_top_k, max_det)
     return _detect_padded_eager(locs, conf, priors, conf_thresh, nms_thresh, pre_nms_top_k, max_det)
 
@@ -112,7 +130,7 @@ def _crop_and_resize_eager(features: Tensor, boxes: Tensor, batch_idx: Tensor, o
 
 def _crop_and_resize(features: Tensor, boxes: Tensor, batch_idx: Tensor, out_size: List[int]) -> Tensor:
     """``ops.crop_and_resize(..., align_corners=True)``."""
-    if torch.jit.is_scripting():
+    if _tracing():
         return torch.ops.ancis.crop_and_resize(features, boxes, batch_idx, out_size, True)
     return _crop_and_resize_eager(features, boxes, batch_idx, out_size)
 
@@ -186,22 +204,25 @@ def _cat(tensors: List[Tensor]) -> Tensor:
 
 
 class FastCore(nn.Module):
-    """Detector + fused detection + batched mask stage, TorchScript-compatible.
+    """Detector + fused detection + batched mask stage, TorchScript- and export-compatible.
 
     ``forward(x)`` takes ``x [B,3,H,W]`` float32 (BGR in [0, 1] at ``input_size``, as
-    :func:`~ancis_fast.pipeline.preprocess.preprocess` makes it) and returns the
-    detections of the whole batch, flattened:
+    :func:`~ancis_fast.pipeline.preprocess.preprocess` makes it) and returns, padded to
+    ``M = max_det`` boxes per image (image ``b``'s are its first ``counts[b]`` rows):
 
-    - ``boxes [K,4]`` float32 ``(y1, x1, y2, x2)`` in network-input pixels,
-    - ``scores [K]`` float32, ``labels [K]`` int64 (>= 1), ``batch_idx [K]`` int64,
-      image by image, each image's boxes by descending score,
-    - ``probs [K,h,w]`` float32 mask probabilities, box ``k``'s in the top-left
-      ``mask_sizes[k]`` region (zero-padded),
-    - ``mask_sizes [K,2]`` int64 ``(h_k, w_k)``; ``(0, 0)``: no mask (box too thin).
+    - ``boxes [B,M,4]`` float32 ``(y1, x1, y2, x2)`` in network-input pixels,
+    - ``scores [B,M]`` float32 (descending), ``labels [B,M]`` int64, ``counts [B]`` int64,
+    - ``probs [B,M,h,w]`` float32 mask probabilities, box ``k``'s in the top-left
+      ``mask_sizes[b,k]`` region,
+    - ``mask_sizes [B,M,2]`` int64 ``(h, w)``; ``(0, 0)``: no mask (padding, a box too thin,
+      or, in fast mode, a box past its crop size's budget).
 
-    Scripted (``ancis_fast.backends.torchscript.script``) it calls ``torch.ops.ancis.*``,
-    which ``import ancis_fast`` registers; eagerly it goes through :mod:`ancis_fast.ops`.
-    The modules are used as given (:class:`FastPipeline` prepares them).
+    In fast mode that is one static graph, each crop size decoding at most
+    ``shape_budgets[i]`` boxes of the batch at crop shape ``crop_shapes[i]`` (``None``, the
+    default: as many as the batch needs, read from the device once; see :meth:`core`).
+    Scripted (``ancis_fast.backends.torchscript.script``) or exported it calls
+    ``torch.ops.ancis.*``, which ``import ancis_fast`` registers; eagerly it goes through
+    :mod:`ancis_fast.ops`. The modules are used as given (:class:`FastPipeline` prepares them).
     """
 
     input_size: Tuple[int, int]
@@ -212,12 +233,14 @@ class FastCore(nn.Module):
     max_det: int
     channels_last: bool
     halo: int
-    buckets: List[int]
+    crop_sizes: List[int]
+    crop_shapes: List[List[int]]
+    shape_budgets: Optional[List[int]]
 
     def __init__(self, detector: nn.Module, segmenter: nn.Module, priors: Tensor, input_size: Tuple[int, int],
                  conf_thresh: float = 0.3, nms_thresh: float = 0.3, mode: str = "fast",
                  pre_nms_top_k: Optional[int] = 200, max_det: int = 500, channels_last: bool = True,
-                 buckets: Sequence[int] = BUCKETS):
+                 crop_sizes: Sequence[int] = CROP_SIZES, shape_budgets: Optional[Sequence[int]] = None):
         super().__init__()
         if mode not in MODES:
             raise ValueError(f"mode={mode!r}; expected one of {MODES}")
@@ -227,27 +250,32 @@ class FastCore(nn.Module):
         self.mode, self.pre_nms_top_k, self.max_det = mode, pre_nms_top_k, int(max_det)
         self.channels_last = channels_last
         self.halo = HALO
-        self.buckets = list(check_buckets(buckets))
-        # bucket_lengths[i, level]: crop length on ``level`` of bucket i (level_shape); buffers,
-        # so that they live on the pipeline's device
-        lengths = [[level_shape(b, level) for level in range(NUM_LEVELS)] for b in self.buckets]
-        self.register_buffer("bucket_lengths", torch.tensor(lengths, dtype=torch.long, device=priors.device),
-                             persistent=False)
-        self.register_buffer("bucket_edges", torch.tensor(self.buckets, dtype=torch.long, device=priors.device),
+        self.crop_sizes = list(check_crop_sizes(crop_sizes))
+        self.crop_shapes = [[h, w] for h in self.crop_sizes for w in self.crop_sizes]
+        self.shape_budgets = None if shape_budgets is None else [int(b) for b in shape_budgets]
+        if self.shape_budgets is not None and (len(self.shape_budgets) != len(self.crop_shapes)
+                                               or min(self.shape_budgets) < 0):
+            raise ValueError(f"shape_budgets: expected {len(self.crop_shapes)} counts >= 0 (one per crop shape "
+                             f"of sizes {self.crop_sizes}), got {shape_budgets}")
+        sizes = torch.tensor(self.crop_sizes, dtype=torch.float64)
+        self.register_buffer("size_edges", (sizes[:-1] * sizes[1:]).sqrt().float().to(priors.device),
                              persistent=False)
         self.register_buffer("priors", priors, persistent=False)
 
-    def core(self) -> "FastCore":
-        """A plain :class:`FastCore` sharing this one's modules and settings (to script or export)."""
+    def core(self, max_det: Optional[int] = None, shape_budgets: Optional[Sequence[int]] = None) -> "FastCore":
+        """A plain :class:`FastCore` sharing this one's modules and settings (to script or
+        export), optionally with another box budget ``max_det`` per image and fixed
+        ``shape_budgets`` (boxes per crop shape and batch; ``None``: read from the data)."""
         return FastCore(self.detector, self.segmenter, self.priors, self.input_size, self.conf_thresh,
-                        self.nms_thresh, self.mode, self.pre_nms_top_k, self.max_det, self.channels_last, self.buckets)
+                        self.nms_thresh, self.mode, self.pre_nms_top_k, self.max_det if max_det is None else max_det,
+                        self.channels_last, self.crop_sizes, shape_budgets)
 
     def forward(self, x: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
         with torch.no_grad():
             x, locs, conf, features = self.run_detector(x)
-            boxes, scores, labels, batch_idx = self.detect_flat(locs, conf)
-            probs, mask_sizes = self.segment_flat(x, features, boxes, batch_idx)
-        return boxes, scores, labels, batch_idx, probs, mask_sizes
+            boxes, scores, labels, counts = self.detect_padded(locs, conf)
+            probs, mask_sizes = self.segment_padded(x, features, boxes, counts, self.shape_budgets)
+        return boxes, scores, labels, counts, probs, mask_sizes
 
     def run_detector(self, x: Tensor) -> Tuple[Tensor, Tensor, Tensor, List[Tensor]]:
         """Checks ``x [B,3,H,W]``; returns it (channels-last when configured) with the
@@ -261,69 +289,126 @@ class FastCore(nn.Module):
         return x, locs, conf, features
 
     def detect_padded(self, locs: Tensor, conf: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
-        """``ops.detect_padded`` with this model's priors and thresholds: ``boxes [B,M,4]``,
-        ``scores [B,M]``, ``labels [B,M]``, ``counts [B]`` (fixed sizes, export-friendly)."""
+        """``ops.detect_padded`` with this model's priors, thresholds and box budget:
+        ``boxes [B,M,4]``, ``scores [B,M]``, ``labels [B,M]``, ``counts [B]``."""
         return _detect_padded(locs.float(), conf.float(), self.priors, self.conf_thresh, self.nms_thresh,
                               self.pre_nms_top_k, self.max_det)
 
-    def detect_flat(self, locs: Tensor, conf: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
-        """Detections of the batch flattened: ``boxes [K,4]``, ``scores [K]``, ``labels [K]``,
-        ``batch_idx [K]``."""
-        boxes, scores, labels, counts = self.detect_padded(locs, conf)
-        valid = torch.arange(boxes.shape[1], device=boxes.device)[None, :] < counts[:, None]
-        batch_idx = torch.arange(boxes.shape[0], device=boxes.device)[:, None].expand_as(valid)
-        return boxes[valid], scores[valid], labels[valid], batch_idx[valid]
+    def crop_bounds(self, boxes: Tensor, counts: Tensor, level_sizes: List[List[int]]) -> Tuple[Tensor, Tensor]:
+        """Spec §5 crops of padded boxes ``[B,M,4]``, flattened: ``bounds [B*M, L, 4]`` and
+        ``num_levels [B*M]`` (0 for the padding rows: no mask)."""
+        batch, budget = boxes.shape[0], boxes.shape[1]
+        real = (torch.arange(budget, device=boxes.device)[None, :] < counts[:, None]).reshape(-1)
+        bounds, num_levels = level_crop_bounds_unchecked(boxes.reshape(batch * budget, 4).float(),
+                                                         [self.input_size[0], self.input_size[1]], level_sizes)
+        return bounds, num_levels * real.to(num_levels.dtype)
 
-    def segment_flat(self, image: Tensor, features: List[Tensor], boxes: Tensor,
-                     batch_idx: Tensor) -> Tuple[Tensor, Tensor]:
-        """Mask probabilities of boxes ``[K,4]`` (input pixels) of images ``batch_idx [K]``:
-        ``probs [K,h,w]`` (zero-padded) and ``mask_sizes [K,2]`` (valid size; 0 = no mask,
-        as the reference's no-level boxes)."""
-        k = boxes.shape[0]
+    def shape_counts(self, boxes: Tensor, counts: Tensor) -> Tensor:
+        """int64 ``[len(crop_shapes)]``: how many boxes with a mask each fast-mode crop shape
+        gets in this batch (what :meth:`segment_padded`'s ``shape_budgets`` must hold)."""
+        level_sizes = [[self.input_size[0] // 2**i, self.input_size[1] // 2**i] for i in range(NUM_LEVELS)]
+        bounds, num_levels = self.crop_bounds(boxes, counts, level_sizes[:1])
+        classes = size_classes(bounds[:, 0], self.size_edges)
+        return torch.bincount(classes[num_levels > 0], minlength=len(self.crop_shapes))
+
+    def segment_padded(self, image: Tensor, features: List[Tensor], boxes: Tensor, counts: Tensor,
+                       shape_budgets: Optional[List[int]] = None) -> Tuple[Tensor, Tensor]:
+        """Mask probabilities of padded boxes ``[B,M,4]`` (input pixels; image ``b``'s first
+        ``counts[b]`` rows): ``probs [B,M,h,w]`` and ``mask_sizes [B,M,2]`` (0: no mask).
+        Fast mode decodes at most ``shape_budgets[i]`` boxes at ``crop_shapes[i]`` (0 skips
+        the shape); ``None``: as many as the boxes need (:meth:`shape_counts`, one read of
+        the device; static graphs fix the budgets instead)."""
+        batch, budget = boxes.shape[0], boxes.shape[1]
+        batch_idx = torch.arange(batch, device=boxes.device)[:, None].expand(batch, budget).reshape(-1)
         image = _crop_source(image)
         features = [_crop_source(f) for f in features]
         level_sizes = [[image.shape[-2], image.shape[-1]]] + [[f.shape[-2], f.shape[-1]] for f in features[1:]]
-        bounds, num_levels = level_crop_bounds_unchecked(boxes.float(), [self.input_size[0], self.input_size[1]],
-                                                         level_sizes)
-        shapes = self._crop_shapes(bounds, num_levels)
-        members, group_probs = self._decode(image, features, batch_idx, bounds, num_levels, shapes)
+        bounds, num_levels = self.crop_bounds(boxes, counts, level_sizes)
+        if self.mode == "fast":
+            if shape_budgets is None:
+                shape_budgets = [box_budget(n, boxes.shape[0] * boxes.shape[1]) if n > 0 else 0
+                                 for n in self.shape_counts(boxes, counts).tolist()]
+            probs, mask_sizes = self._decode_static(image, features, bounds, num_levels, batch_idx, shape_budgets)
+        else:
+            probs, mask_sizes = self._decode_exact(image, features, bounds, num_levels, batch_idx)
+        return (probs.reshape(batch, budget, probs.shape[-2], probs.shape[-1]),
+                mask_sizes.reshape(batch, budget, 2))
+
+    def _decode_static(self, image: Tensor, features: List[Tensor], bounds: Tensor, num_levels: Tensor,
+                       batch_idx: Tensor, shape_budgets: List[int]) -> Tuple[Tensor, Tensor]:
+        """Fast mode: per crop shape, its boxes (up to its budget, picked by a stable sort)
+        decoded together at that shape. Returns ``probs [K, h, w]`` (zero-padded to the
+        largest shape decoded) and ``mask_sizes [K, 2]``."""
+        k = bounds.shape[0]
+        classes = size_classes(bounds[:, 0], self.size_edges)
+        budgets = [min(shape_budgets[i], k) for i in range(len(self.crop_shapes))]
+        height, width = 1, 1
+        for i, shape in enumerate(self.crop_shapes):
+            if budgets[i] > 0:
+                height, width = max(height, shape[0]), max(width, shape[1])
+        probs = torch.zeros((k + 1, height, width), dtype=torch.float32, device=image.device)
+        mask_sizes = torch.zeros((k + 1, 2), dtype=torch.long, device=image.device)
+        for i, shape in enumerate(self.crop_shapes):
+            if budgets[i] == 0:
+                continue
+            member = (classes == i) & (num_levels > 0)
+            picked = torch.sort((~member).to(torch.uint8), stable=True).indices[: budgets[i]]
+            chosen = member[picked]
+            # rows of other shapes (picked only to fill the budget) land in the spare row k
+            target = torch.where(chosen, picked, torch.full_like(picked, k))
+            decoded = self._decode_at(shape, image, features, bounds[picked], num_levels[picked] * chosen,
+                                      batch_idx[picked])
+            probs[:, : shape[0], : shape[1]].index_copy_(0, target, decoded)
+            sizes = mask_sizes.new_full((target.shape[0], 2), shape[0])  # made on the device: no copy
+            sizes[:, 1] = shape[1]
+            mask_sizes.index_copy_(0, target, sizes)
+        return probs[:k], mask_sizes[:k]
+
+    def _decode_at(self, shape: List[int], image: Tensor, features: List[Tensor], bounds: Tensor,
+                   num_levels: Tensor, batch_idx: Tensor) -> Tensor:
+        """Mask probabilities ``[n, h, w]`` of ``n`` boxes at level-0 crop ``shape (h, w)``,
+        every level cropped at :func:`level_shape` of it and every decoder step run once for
+        all; a box with ``L`` levels keeps its own level-``L-1`` crop as the state until its
+        decoding starts there, as the reference's does."""
+        state = torch.zeros(0)
+        top = bounds.shape[1] - 1
+        for level in range(top, -1, -1):
+            crop_shape = [level_shape(shape[0], level), level_shape(shape[1], level)]
+            crop = self._crop(level, image, features, bounds[:, level], batch_idx, crop_shape)
+            if level == top:
+                state = crop
+            else:
+                starts_here = (num_levels <= level + 1)[:, None, None, None]
+                state = torch.where(starts_here, crop, self.segmenter.decode_stage(level, state, crop))
+        return self.segmenter.head(state)[:, 0].float()
+
+    def _decode_exact(self, image: Tensor, features: List[Tensor], bounds: Tensor, num_levels: Tensor,
+                      batch_idx: Tensor) -> Tuple[Tensor, Tensor]:
+        """Exact mode: native crop sizes. Each decoder step runs once for all boxes that
+        share its input and output crop shapes (the deep, weight-heavy steps see large
+        batches even when level-0 sizes vary), planned on the host from one copy of the
+        shapes. Returns ``probs [K, h, w]`` (zero-padded) and ``mask_sizes [K, 2]``."""
+        k = bounds.shape[0]
+        members, group_probs = self._decode_groups(image, features, batch_idx, bounds, num_levels)
         mask_sizes = torch.zeros((k, 2), dtype=torch.long, device=image.device)
-        if len(members) == 0:
-            return image.new_zeros((k, 1, 1)), mask_sizes
         height, width = 1, 1
         for p in group_probs:
             height, width = max(height, p.shape[-2]), max(width, p.shape[-1])
-        probs = image.new_zeros((k, height, width))
+        probs = torch.zeros((k, height, width), dtype=torch.float32, device=image.device)
         for index, p in zip(members, group_probs):
-            probs[index, : p.shape[-2], : p.shape[-1]] = p[:, 0].to(probs.dtype)
+            probs[index, : p.shape[-2], : p.shape[-1]] = p[:, 0].float()
             # index_fill_ takes the sizes as kernel arguments: no host-to-device copy
             mask_sizes[:, 0].index_fill_(0, index, p.shape[-2])
             mask_sizes[:, 1].index_fill_(0, index, p.shape[-1])
         return probs, mask_sizes
 
-    def _crop_shapes(self, bounds: Tensor, num_levels: Tensor) -> Tensor:
-        """``[K, L, 2]`` int64: the crop ``(h, w)`` each box is decoded at on each level (0
-        on levels it does not use). Exact: its native crop sizes; fast: the level lengths
-        of the bucket of its level-0 size."""
-        sizes = bounds[..., 2:] - bounds[..., :2] + 1  # [K, L, 2]
-        if self.mode == "fast":
-            lengths = self.bucket_lengths  # [buckets, L]
-            index = bucket_index(sizes[:, 0], self.bucket_edges)  # [K, 2]
-            sizes = torch.stack([lengths[index[:, 0], : sizes.shape[1]], lengths[index[:, 1], : sizes.shape[1]]], dim=2)
-        used = torch.arange(sizes.shape[1], device=bounds.device)[None, :] < num_levels[:, None]
-        return sizes * used[:, :, None]
-
-    def _decode(self, image: Tensor, features: List[Tensor], batch_idx: Tensor, bounds: Tensor,
-                num_levels: Tensor, shapes: Tensor) -> Tuple[List[Tensor], List[Tensor]]:
-        """The mask decoder, level by level from the deepest: each step runs once for all
-        boxes that share its input and output crop shapes, so the deep, weight-heavy steps
-        see large batches even when level-0 sizes vary. Returns groups of boxes: members
-        ``[G]`` and mask probabilities ``[G,1,h,w]``. A box with ``L`` levels starts at
-        level ``L-1`` with its crop there; boxes with no level get no mask.
-
-        The groups are planned on the host from one copy of ``shapes`` and ``num_levels``
-        (on a GPU, the mask stage's only synchronisation); only index tensors go back."""
+    def _decode_groups(self, image: Tensor, features: List[Tensor], batch_idx: Tensor, bounds: Tensor,
+                       num_levels: Tensor) -> Tuple[List[Tensor], List[Tensor]]:
+        """Exact mode's decoder, level by level from the deepest; returns groups of boxes:
+        members ``[G]`` and mask probabilities ``[G,1,h,w]``. A box with ``L`` levels starts
+        at level ``L-1`` with its crop there; boxes with no level get no mask."""
         device = image.device
+        shapes = (bounds[..., 2:] - bounds[..., :2] + 1)  # [K, L, 2] native crop sizes
         plan = torch.cat([shapes.flatten(1), num_levels[:, None]], dim=1).cpu()  # one copy, one sync
         host_shapes, host_levels = plan[:, :-1].reshape(shapes.shape), plan[:, -1]
         members: List[Tensor] = []  # host indices
@@ -333,27 +418,27 @@ class FastCore(nn.Module):
             next_states: List[Tensor] = []
             for index, state in zip(members, states):
                 for rows, shape in _split_by_shape(host_shapes[index, level]):
-                    part = index[rows]
-                    skip = self._crop(level, image, features, bounds, batch_idx, _to(part, device), shape)
+                    part = _to(index[rows], device)
+                    skip = self._crop(level, image, features, bounds[part, level], batch_idx[part], shape)
                     pre = state if rows.shape[0] == state.shape[0] else state[_to(rows, device)]
-                    next_members.append(part)
+                    next_members.append(index[rows])
                     next_states.append(self.segmenter.decode_stage(level, pre, skip))
             starts = (host_levels == level + 1).nonzero().flatten()
             for rows, shape in _split_by_shape(host_shapes[starts, level]):
-                part = starts[rows]
-                next_members.append(part)
-                next_states.append(self._crop(level, image, features, bounds, batch_idx, _to(part, device), shape))
+                part = _to(starts[rows], device)
+                next_members.append(starts[rows])
+                next_states.append(self._crop(level, image, features, bounds[part, level], batch_idx[part], shape))
             members, states = _merge_by_shape(next_members, next_states)
         return [_to(index, device) for index in members], [self.segmenter.head(state) for state in states]
 
     def _crop(self, level: int, image: Tensor, features: List[Tensor], bounds: Tensor, batch_idx: Tensor,
-              part: Tensor, shape: List[int]) -> Tensor:
-        """Level-``level`` crops ``[n, C, h, w]`` of boxes ``part`` at ``shape`` (``layer_c0``
-        features on level 0), channels-last when configured (the CPU convolutions' layout)."""
+              shape: List[int]) -> Tensor:
+        """Level-``level`` crops ``[n, C, h, w]`` of the integer crop ``bounds [n, 4]`` at
+        ``shape`` (``layer_c0`` features on level 0), channels-last when configured."""
         if level == 0:
-            crop = self._c0_crops(image, bounds[part, 0], batch_idx[part], shape)
+            crop = self._c0_crops(image, bounds, batch_idx, shape)
         else:
-            crop = _crop_and_resize(features[level], bounds[part, level], batch_idx[part], shape)
+            crop = _crop_and_resize(features[level], bounds, batch_idx, shape)
         return self._layout(crop)
 
     def _layout(self, x: Tensor) -> Tensor:
@@ -381,19 +466,18 @@ class FastCore(nn.Module):
 
 
 class FastPipeline(FastCore):
-    """Detector + detection + batched mask stage (the fast backends' pipeline).
+    """Detector + detection + batched mask stage + device paste (the fast backends' pipeline).
 
-    ``forward(x [B,3,H,W])`` returns :class:`Detections` and the mask probabilities
-    ``probs [K, h, w]`` (each box's valid top-left ``mask_sizes[k]`` region) ready for
-    :meth:`paste`; the computation is :class:`FastCore`'s. With ``scripted`` the detector
-    and the mask network run as TorchScript.
-    ``prior_height``: see :class:`~ancis_fast.predictor.PredictorConfig`.
+    The stages are methods so that the Predictor can time them: :meth:`run_detector`,
+    :meth:`detect`, :meth:`segment` (at a box budget read once per batch, see
+    :func:`box_budget`) and :meth:`paste`. With ``scripted`` the detector and the mask network
+    run as TorchScript. ``prior_height``: see :class:`~ancis_fast.predictor.PredictorConfig`.
     """
 
     def __init__(self, detector: nn.Module, segmenter: nn.Module, input_size: Tuple[int, int],
                  conf_thresh: float = 0.3, nms_thresh: float = 0.3, mode: str = "fast",
                  pre_nms_top_k: int | None = 200, max_det: int = 500, channels_last: bool = True,
-                 scripted: bool = False, prior_height: int | None = None, buckets: Sequence[int] = BUCKETS):
+                 scripted: bool = False, prior_height: int | None = None, crop_sizes: Sequence[int] = CROP_SIZES):
         detector = optimize_for_inference(detector, channels_last=channels_last).eval()
         segmenter = copy.deepcopy(segmenter).eval()
         if channels_last:  # weights in the crops' layout: no per-call weight conversion
@@ -402,32 +486,84 @@ class FastPipeline(FastCore):
             detector, segmenter = script(detector), script(segmenter)
         priors = make_priors(*input_size, scale_height=prior_height).clone()
         super().__init__(detector, segmenter, priors, tuple(input_size), conf_thresh, nms_thresh, mode,
-                         pre_nms_top_k, max_det, channels_last, buckets)
+                         pre_nms_top_k, max_det, channels_last, crop_sizes)
 
-    @torch.inference_mode()
-    def forward(self, x: Tensor) -> Tuple[Detections, Tensor, Tensor]:  # type: ignore[override]
-        boxes, scores, labels, batch_idx, probs, mask_sizes = super().forward(x)
-        return Detections(boxes, scores, labels, batch_idx), probs, mask_sizes
+    def detect(self, locs: Tensor, conf: Tensor) -> PaddedDetections:
+        """:meth:`FastCore.detect_padded` as :class:`PaddedDetections` (``M = max_det``)."""
+        return PaddedDetections(*self.detect_padded(locs, conf))
 
-    def detect(self, locs: Tensor, conf: Tensor) -> Detections:
-        """:meth:`FastCore.detect_flat` as :class:`Detections`."""
-        return Detections(*self.detect_flat(locs, conf))
+    def plan(self, det: PaddedDetections, original_sizes: List[Tuple[int, int]]) -> "BatchPlan":
+        """What the batch's static shapes are, from one read of the device (the fast path's
+        only one before the results are copied back): the box budget per image
+        (:func:`box_budget` of the largest count), the boxes per crop shape (fast mode) and
+        each image's paste window (its largest box's extent at its original size, rounded
+        up to :data:`WINDOW_STEP`)."""
+        budget = det.boxes.shape[1]
+        real = torch.arange(budget, device=det.counts.device)[None, :] < det.counts[:, None]
+        wanted = [det.counts.max()[None], self.shape_counts(det.boxes, det.counts)]
+        for b, size in enumerate(original_sizes):
+            extents = ops.paste_extents(det.boxes[b], self.input_size, size) * real[b, :, None]
+            wanted.append(extents.max(dim=0).values if budget else extents.new_zeros(2))
+        values = torch.cat(wanted).tolist()
+        per_shape = values[1 : 1 + len(self.crop_shapes)]
+        extents = values[1 + len(self.crop_shapes):]
+        image_budget = box_budget(int(values[0]), budget)
+        shape_budgets = [box_budget(int(n), image_budget * len(original_sizes)) if n else 0 for n in per_shape]
+        windows = [[max(-(-int(n) // WINDOW_STEP) * WINDOW_STEP, WINDOW_STEP) for n in extents[2 * b : 2 * b + 2]]
+                   for b in range(len(original_sizes))]
+        return BatchPlan(image_budget, shape_budgets, windows)
 
-    def segment(self, image: Tensor, features: List[Tensor], det: Detections) -> Tuple[Tensor, Tensor]:
-        """Mask probabilities of every detection (see :meth:`FastCore.segment_flat`)."""
-        return self.segment_flat(image, features, det.boxes, det.batch_idx)
+    def segment(self, image: Tensor, features: List[Tensor], det: PaddedDetections,
+                plan: "BatchPlan") -> Tuple[Tensor, Tensor]:
+        """Mask probabilities of every detection at ``plan``'s budgets (see
+        :meth:`FastCore.segment_padded`)."""
+        det = det.head(plan.image_budget)
+        return self.segment_padded(image, features, det.boxes, det.counts, plan.shape_budgets)
 
-    def paste(self, det: Detections, probs: Tensor, mask_sizes: Tensor, original_size: Tuple[int, int],
-              seg_thresh: float) -> PatchMasks:
-        """Spec §6 masks of the given detections at ``original_size`` as tight patches."""
-        patches: List[np.ndarray] = []
-        origins: List[Tuple[int, int]] = []
-        for start in range(0, det.boxes.shape[0], PASTE_CHUNK):
-            part = slice(start, start + PASTE_CHUNK)
-            dense = ops.paste_masks(probs[part].float(), det.boxes[part].float(), self.input_size, original_size,
-                                    seg_thresh, mask_sizes=mask_sizes[part]).cpu().numpy()
-            for mask in dense:
-                patch, origin = tight_patch(mask)
-                patches.append(patch)
-                origins.append(origin)
-        return PatchMasks(patches, np.array(origins, np.int64).reshape(-1, 2), original_size)
+    def paste(self, det: PaddedDetections, probs: Tensor, mask_sizes: Tensor, original_sizes: List[Tuple[int, int]],
+              seg_thresh: float, plan: "BatchPlan") -> List[Tuple[Tensor, Tensor, Tensor, PatchMasks]]:
+        """Spec §6 masks of every image at its original size, made on the device as per-box
+        windows (``plan.windows``) and copied to the host once: per image
+        ``(boxes [n,4], scores [n], labels [n], masks)``, boxes in network-input pixels,
+        ``n = counts[b]``, masks :class:`~ancis_fast.masks.PatchMasks`."""
+        det = det.head(plan.image_budget)
+        pasted: List[Tensor] = []
+        for b, original_size in enumerate(original_sizes):
+            pasted.extend(ops.paste_windows(probs[b], det.boxes[b], self.input_size, original_size, seg_thresh,
+                                            mask_sizes=mask_sizes[b], window=plan.windows[b]))
+        host = _to_host([det.boxes, det.scores, det.labels, det.counts] + pasted)
+        boxes, scores, labels, counts = host[:4]
+        results = []
+        for b, original_size in enumerate(original_sizes):
+            n = int(counts[b])
+            masks = _patch_masks(host[4 + 2 * b][:n].numpy(), host[5 + 2 * b][:n].numpy(), original_size)
+            results.append((boxes[b, :n], scores[b, :n], labels[b, :n], masks))
+        return results
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    """The static shapes of one batch (:meth:`FastPipeline.plan`)."""
+
+    image_budget: int  # boxes per image
+    shape_budgets: List[int]  # boxes per fast-mode crop shape, for the batch
+    windows: List[List[int]]  # (h, w) paste window per image
+
+
+def _to_host(tensors: List[Tensor]) -> List[Tensor]:
+    """``tensors`` on the CPU, copied together: one wait for the device, not one per tensor."""
+    if not tensors or tensors[0].device.type == "cpu":
+        return tensors
+    copies = [t.to("cpu", non_blocking=True) for t in tensors]
+    torch.cuda.current_stream(tensors[0].device).synchronize()
+    return copies
+
+
+def _patch_masks(windows: np.ndarray, origins: np.ndarray, image_size: Tuple[int, int]) -> PatchMasks:
+    """Bool windows ``[n, h, w]`` placed at ``origins [n, 2]`` (y, x) as tight patches."""
+    patches, corners = [], []
+    for window, (y, x) in zip(windows, origins):
+        patch, (ty, tx) = tight_patch(window)
+        patches.append(patch)
+        corners.append((y + ty, x + tx) if patch.size else (0, 0))
+    return PatchMasks(patches, np.array(corners, np.int64).reshape(-1, 2), image_size)
