@@ -23,7 +23,7 @@ def _predictors(models, mode, buckets=None):
     # the release's detection limits: without them random weights give hundreds of cells per
     # image, whose near-tied scores (1e-7 apart) may swap order between the two paths
     config = PredictorConfig(input_size=SIZE, mode=mode, mask_buckets=buckets, max_candidates=200, max_detections=500)
-    return (Predictor.from_models(*models, config=config),
+    return (Predictor.from_models(*models, backend="reference", config=config),
             Predictor.from_models(*models, backend="eager", config=config))
 
 
