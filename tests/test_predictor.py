@@ -149,3 +149,20 @@ def test_detection_limits_keep_a_prefix_of_the_unlimited_result(models, backend)
         PredictorConfig(max_candidates=0)
     with pytest.raises(ValueError, match="max_detections=0"):
         PredictorConfig(max_detections=0)
+
+
+def test_the_default_backend_is_the_fast_path_for_the_device(models):
+    """``backend="auto"`` (Predictor, from_models, CLI): eager on a CPU, torchscript on a GPU."""
+    import inspect
+
+    from ancis_fast.backends.configure import resolve_backend
+    from ancis_fast.cli import make_parser
+
+    assert inspect.signature(Predictor).parameters["backend"].default == "auto"
+    assert make_parser().parse_args(["predict", "x.png", "--out", "o"]).backend == "auto"
+    auto = Predictor.from_models(*models, config=PredictorConfig(input_size=SIZE))
+    assert auto.backend == "eager" and auto.pipeline is not None
+    assert resolve_backend("auto", torch.device("cuda")) == "torchscript"
+    assert resolve_backend("reference", torch.device("cuda")) == "reference"
+    with pytest.raises(ValueError, match="backend='fastest'"):
+        resolve_backend("fastest", torch.device("cpu"))
