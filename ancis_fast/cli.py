@@ -5,6 +5,8 @@ import argparse
 import importlib
 import os
 import sys
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import List, Optional, Sequence
 
@@ -236,18 +238,19 @@ def _predict(args: argparse.Namespace) -> int:
     return 1 if run.failures else 0
 
 
+@dataclass
 class _Run:
     """Counts of one ``predict`` run, for its summary line."""
 
-    def __init__(self, inputs: int, failures: List[str]):
-        import time
-
-        self.inputs, self.failures, self.started = inputs, failures, time.perf_counter()
-        self.finished = self.frames = self.skipped = self.cells = 0
+    inputs: int
+    failures: List[str]
+    finished: int = 0
+    frames: int = 0
+    skipped: int = 0
+    cells: int = 0
+    started: float = field(default_factory=time.perf_counter)
 
     def summary(self, out: str) -> str:
-        import time
-
         elapsed = time.perf_counter() - self.started
         return (f"{self.finished}/{self.inputs} input(s) done: {self.frames} frame(s) segmented"
                 f"{f', {self.skipped} already done' if self.skipped else ''}, {self.cells} cell(s), {elapsed:.1f} s"
