@@ -114,7 +114,8 @@ class Predictor:
         backend: execution path: ``"auto"`` (default: the fastest for ``device``,
             ``"eager"`` on a CPU and ``"torchscript"`` on a GPU, see
             :data:`~ancis_fast.backends.configure.AUTO_BACKENDS`; :attr:`backend` says which),
-            ``"reference"`` (spec-exact, one box at a time; the slowest) or ``"eager"`` (the batched fast pipeline, :mod:`ancis_fast.pipeline.fast`) or
+            ``"reference"`` (spec-exact, one box at a time; the slowest) or ``"eager"``
+            (the batched fast pipeline, :mod:`ancis_fast.pipeline.fast`) or
             ``"torchscript"`` (the same with scripted networks) or ``"compile"`` (the same
             with ``torch.compile``d networks; the first images are slow) or ``"tensorrt"``
             (the detector as a TensorRT engine, cached on disk; NVIDIA GPU and
