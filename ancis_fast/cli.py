@@ -5,8 +5,12 @@ import argparse
 import importlib
 import os
 import sys
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import List, Optional, Sequence
+
+from .backends.configure import BACKEND_CHOICES
 
 MAX_CALIBRATION_IMAGES = 8
 
@@ -43,10 +47,14 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weights-seg", help="segmenter checkpoint (default: bundled model)")
     parser.add_argument("--backbone", default="resnet50", help="detector trunk (default: resnet50)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
-    parser.add_argument("--backend", default="reference",
-                        choices=["reference", "eager", "torchscript", "compile", "tensorrt"],
-                        help="reference: spec-exact (default); eager/torchscript/compile: the batched fast "
-                             "pipeline; tensorrt: the same with a TensorRT detector (NVIDIA GPU, pip install .[tensorrt])")
+    parser.add_argument("--backend", default="auto", choices=BACKEND_CHOICES,
+                        help="auto (default): the fastest backend for the device (eager on a CPU, see README); "
+                             "reference: spec-exact, one box at a time (slowest); eager/torchscript/compile: the "
+                             "batched fast pipeline; tensorrt: the same with a TensorRT detector (NVIDIA GPU, "
+                             "pip install .[tensorrt])")
+    parser.add_argument("--threads", type=_positive_int, default=None, metavar="N",
+                        help="CPU threads for torch and OpenCV (default: torch's, one per core); on a shared "
+                             "machine, the cores you may use")
     add_precision_arguments(parser)
     parser.add_argument("--mode", default="fast", choices=["fast", "exact"],
                         help="fast backends' mask stage: fixed crop shapes, static (fast) or native crop sizes (exact)")
@@ -58,6 +66,16 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                         help="segment images Z times enlarged (1-4), in input-size tiles, for crowded small "
                              "nuclei; auto (default): 1.875 for images whose detections are crowded, else 1 "
                              "(the spec's plain resize)")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return value
 
 
 def _zoom(text: str):
@@ -108,9 +126,22 @@ def detection_options(args: argparse.Namespace) -> dict:
                 max_candidates=args.max_candidates, max_detections=args.max_detections)
 
 
+def set_threads(threads: Optional[int]) -> None:
+    """Run torch's intra-op work (and so the native operators) and OpenCV on ``threads``
+    threads; ``None`` leaves their defaults (one per core)."""
+    if threads is None:
+        return
+    import cv2
+    import torch
+
+    torch.set_num_threads(threads)
+    cv2.setNumThreads(threads)
+
+
 def build_predictor(args: argparse.Namespace):
     from . import Predictor
 
+    set_threads(getattr(args, "threads", None))
     return Predictor(args.weights_det, args.weights_seg, backbone=args.backbone, backend=args.backend,
                      mode=args.mode, device=args.device, precision=getattr(args, "precision", "fp32"),
                      input_size=args.input_size, normalize=args.normalize, calibration=calibration_images(args),
@@ -148,50 +179,99 @@ def _subfolder_hint(inputs: Sequence[str]) -> str:
     return ""
 
 
-def _predict(args: argparse.Namespace) -> int:
-    import time
+def _tiling_problem(args: argparse.Namespace) -> Optional[str]:
+    if args.overlap < 0:
+        return f"--overlap {args.overlap}: expected pixels >= 0"
+    if args.tile is not None and args.tile <= args.overlap:
+        return (f"--tile {args.tile} must be larger than --overlap {args.overlap} (tiles overlap by that much); "
+                "use a tile of several hundred px (e.g. --tile 512) or a smaller --overlap")
+    return None
 
+
+def _predict(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from .io.readers import INPUT_SUFFIXES, find_images, iter_frames
-    from .io.writers import output_paths, write_instances
+    from .io.readers import INPUT_SUFFIXES, find_images
+    from .io.writers import remove_stale_temp_files
     from .models.weights import CheckpointError
-    from .pipeline.preprocess import to_bgr8
 
+    problem = _tiling_problem(args)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
+    missing: List[str] = []
     try:
-        paths = find_images(_expand_datasets(args.inputs), recursive=args.recursive)
-        if not paths:
-            print(f"error: no inputs ({', '.join(INPUT_SUFFIXES)}) found in {args.inputs}"
-                  f"{_subfolder_hint(args.inputs)}", file=sys.stderr)
+        paths = find_images(_expand_datasets(args.inputs), recursive=args.recursive, missing=missing)
+        if not paths:  # nothing to do at all: a usage error, not a failed input
+            found = "; ".join(missing) or (f"no inputs ({', '.join(INPUT_SUFFIXES)}) found in {args.inputs}"
+                                           f"{_subfolder_hint(args.inputs)}")
+            print(f"error: {found}", file=sys.stderr)
             return 2
         predictor = build_predictor(args)
     except (FileNotFoundError, CheckpointError, ValueError, ImportError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    started, frames, skipped, cells, failures = time.perf_counter(), 0, 0, 0, []
+    for stale in remove_stale_temp_files(args.out):
+        print(f"removed {stale.name}: a temporary file of an interrupted run", file=sys.stderr)
+    run = _Run(len(paths) + len(missing), failures=list(missing))
+    for message in missing:
+        print(f"failed: {message}", file=sys.stderr)
     bar = tqdm(paths, desc="segmenting", unit="file", disable=args.quiet)
-    for path, stem in zip(bar, output_stems(paths)):
-        try:
-            for suffix, image in iter_frames(path):
-                name = stem + suffix
-                if args.resume and all(p.exists() for p in output_paths(args.out, name, args.save, args.label_format).values()):
-                    skipped += 1
-                    continue
-                instances = predictor.predict(image, tile=args.tile, overlap=args.overlap)
-                bgr8 = to_bgr8(image, predictor.config.normalization) if "overlay" in args.save else None
-                write_instances(instances, args.out, name, args.save, bgr8, args.label_format)
-                frames, cells = frames + 1, cells + len(instances)
-                bar.set_postfix(frames=frames, cells=cells)
-        except (ValueError, OSError) as exc:  # a bad input is reported; its finished frames are kept
-            failures.append(path)
-            tqdm.write(f"failed: {path}: {exc}", file=sys.stderr)
-    elapsed = time.perf_counter() - started
-    print(f"{len(paths) - len(failures)}/{len(paths)} input(s) done: {frames} frame(s) segmented"
-          f"{f', {skipped} already done' if skipped else ''}, {cells} cell(s), {elapsed:.1f} s"
-          f"{f' ({frames / elapsed:.2f} frames/s)' if frames else ''}; outputs in {args.out}", file=sys.stderr)
-    if failures:
-        print(f"{len(failures)} input(s) failed: {', '.join(map(str, failures))}", file=sys.stderr)
-    return 1 if failures else 0
+    try:
+        for path, stem in zip(bar, output_stems(paths)):
+            try:
+                _predict_input(args, predictor, path, stem, run)
+                run.finished += 1
+            except (ValueError, OSError) as exc:  # a bad input is reported; its finished frames are kept
+                run.failures.append(str(path))
+                tqdm.write(f"failed: {path}: {exc}", file=sys.stderr)
+            bar.set_postfix(frames=run.frames, cells=run.cells)
+    except KeyboardInterrupt:  # atomic writes leave no partial file behind
+        bar.close()
+        print(f"\ninterrupted: {run.summary(args.out)}\nrun the same command with --resume to go on "
+              "(finished images and frames are skipped)", file=sys.stderr)
+        return 130
+    bar.close()
+    print(run.summary(args.out), file=sys.stderr)
+    if run.failures:
+        print(f"{len(run.failures)} input(s) failed: {', '.join(run.failures)}", file=sys.stderr)
+    return 1 if run.failures else 0
+
+
+@dataclass
+class _Run:
+    """Counts of one ``predict`` run, for its summary line."""
+
+    inputs: int
+    failures: List[str]
+    finished: int = 0
+    frames: int = 0
+    skipped: int = 0
+    cells: int = 0
+    started: float = field(default_factory=time.perf_counter)
+
+    def summary(self, out: str) -> str:
+        elapsed = time.perf_counter() - self.started
+        return (f"{self.finished}/{self.inputs} input(s) done: {self.frames} frame(s) segmented"
+                f"{f', {self.skipped} already done' if self.skipped else ''}, {self.cells} cell(s), {elapsed:.1f} s"
+                f"{f' ({self.frames / elapsed:.2f} frames/s)' if self.frames else ''}; outputs in {out}")
+
+
+def _predict_input(args: argparse.Namespace, predictor, path: Path, stem: str, run: _Run) -> None:
+    """Segment and write every frame of one input (``--resume`` skips finished frames)."""
+    from .io.readers import iter_frames
+    from .io.writers import output_paths, write_instances
+    from .pipeline.preprocess import to_bgr8
+
+    for suffix, image in iter_frames(path):
+        name = stem + suffix
+        if args.resume and all(p.exists() for p in output_paths(args.out, name, args.save, args.label_format).values()):
+            run.skipped += 1
+            continue
+        instances = predictor.predict(image, tile=args.tile, overlap=args.overlap)
+        bgr8 = to_bgr8(image, predictor.config.normalization) if "overlay" in args.save else None
+        write_instances(instances, args.out, name, args.save, bgr8, args.label_format)
+        run.frames, run.cells = run.frames + 1, run.cells + len(instances)
 
 
 def _register_predict(subparsers) -> None:
@@ -233,6 +313,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = make_parser().parse_args(argv)
     try:
         return int(args.func(args))
+    except KeyboardInterrupt:  # Ctrl-C: no traceback; 128 + SIGINT, as shells report it
+        print("\ninterrupted", file=sys.stderr)
+        return 130
     except BrokenPipeError:
         # the reader of stdout has gone (``ancis-fast evaluate ... | head``): stop quietly
         # like other command-line tools, and keep Python's exit-time flush from failing too

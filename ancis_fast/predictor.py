@@ -15,7 +15,7 @@ from tqdm import tqdm
 from .instances import Instances
 from .masks import PatchMasks, tight_patch
 from .io.readers import read_image
-from .backends.configure import BACKENDS, configure_pipeline
+from .backends.configure import AUTO as AUTO_BACKEND, configure_pipeline, resolve_backend
 from .backends.precision import INT8, check_precision, resolve_precision
 from .models import build_detector, build_segmenter, default_weights, load_weights, make_priors
 from .models.weights import WeightsSource
@@ -101,7 +101,7 @@ class Predictor:
 
     Example::
 
-        p = Predictor()                         # bundled ResNet-50 model, CPU, reference path
+        p = Predictor()                         # bundled ResNet-50 model, CPU, fast path (backend="auto")
         inst = p.predict("nuclei.png")          # or an HxW / HxWx3 (BGR) / HxWx4 array
         labels = inst.label_image()
 
@@ -109,8 +109,11 @@ class Predictor:
         detector_weights, segmenter_weights: checkpoint paths or state dicts (release
             format); ``None`` for both uses the bundled default model.
         backbone: detector trunk, ``resnet50`` (release default), ``resnet101``, ``resnet152``.
-        backend: execution path: ``"reference"`` (spec-exact, one box at a time) or
-            ``"eager"`` (the batched fast pipeline, :mod:`ancis_fast.pipeline.fast`) or
+        backend: execution path: ``"auto"`` (default: the fastest for ``device``,
+            ``"eager"`` on a CPU and ``"torchscript"`` on a GPU, see
+            :data:`~ancis_fast.backends.configure.AUTO_BACKENDS`; :attr:`backend` says which),
+            ``"reference"`` (spec-exact, one box at a time; the slowest) or ``"eager"``
+            (the batched fast pipeline, :mod:`ancis_fast.pipeline.fast`) or
             ``"torchscript"`` (the same with scripted networks) or ``"compile"`` (the same
             with ``torch.compile``d networks; the first images are slow) or ``"tensorrt"``
             (the detector as a TensorRT engine, cached on disk; NVIDIA GPU and
@@ -141,7 +144,7 @@ class Predictor:
         detector_weights: Optional[WeightsSource] = None,
         segmenter_weights: Optional[WeightsSource] = None,
         backbone: str = "resnet50",
-        backend: str = "reference",
+        backend: str = AUTO_BACKEND,
         device: Union[str, torch.device] = "cpu",
         input_size: Tuple[int, int] = (512, 512),
         conf_thresh: float = 0.3,
@@ -169,7 +172,7 @@ class Predictor:
             precision=precision, max_candidates=max_candidates, max_detections=max_detections, zoom=zoom), calibration)
 
     @classmethod
-    def from_models(cls, detector: nn.Module, segmenter: nn.Module, backend: str = "reference",
+    def from_models(cls, detector: nn.Module, segmenter: nn.Module, backend: str = AUTO_BACKEND,
                     device: Union[str, torch.device] = "cpu", config: PredictorConfig = PredictorConfig(),
                     calibration: Optional[Sequence[ImageInput]] = None) -> "Predictor":
         """Wrap already-built models (e.g. fresh from training)."""
@@ -179,10 +182,9 @@ class Predictor:
 
     def _setup(self, detector: nn.Module, segmenter: nn.Module, backend: str, device, config: PredictorConfig,
                calibration: Optional[Sequence[ImageInput]] = None) -> None:
-        if backend not in BACKENDS:
-            raise ValueError(f"backend={backend!r} is not available; choose one of {BACKENDS}")
-        self.backend = backend
         self.device = _resolve_device(device)
+        #: the backend that runs (``"auto"`` resolved for the device)
+        self.backend = backend = resolve_backend(backend, self.device)
         resolve_precision(config.precision, self.device, backend)
         self.config = config
         self.detector = detector.to(self.device).eval()

@@ -1,16 +1,45 @@
 #!/usr/bin/env bash
 # Create ./.venv (or $VENV) and install ancis_fast into it, with the native operators when
-# they can be built (CUDA kernels too where nvcc exists). Safe to run again.
+# they can be built (CUDA kernels too where nvcc exists), and the test, io and bench extras.
+# Quick to run again: when nothing the install depends on has changed (this script, setup.py,
+# pyproject.toml, csrc/, the torch and Python versions, the build settings) and this checkout's
+# package still loads as it did, it stops after a few seconds. FORCE=1 reinstalls anyway.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
-[ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
-PIP=("$VENV/bin/python" -m pip install -q --disable-pip-version-check)
-"${PIP[@]}" torch==2.14.1 torchvision==0.29.1
-"${PIP[@]}" setuptools wheel ninja
+PY="$VENV/bin/python"
+STAMP="$VENV/.ancis_fast_setup_stamp"
+[ -x "$PY" ] || python3 -m venv "$VENV"
 if [ -z "${ANCIS_CPU_ONLY:-}" ] && [ -x "${CUDA_HOME:-/usr/local/cuda}/bin/nvcc" ]; then
     export CUDA_HOME=${CUDA_HOME:-/usr/local/cuda}
     export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-"8.0;9.0"}
 fi
-MAX_JOBS=${MAX_JOBS:-2} "${PIP[@]}" --no-build-isolation -e ".[test,io]"
+
+state() {  # a hash of what the install depends on, and how this checkout's package loads now
+    local loads
+    loads=$("$PY" -c '
+import os, sys, torch, ancis_fast
+from ancis_fast import ops
+here = os.path.realpath("ancis_fast") == os.path.realpath(os.path.dirname(ancis_fast.__file__))
+print(sys.version.split()[0], torch.__version__, ("native" if ops.native_available() else "fallback") if here else "elsewhere")
+' 2>/dev/null) || loads="not installed"
+    {
+        cat scripts/setup.sh setup.py pyproject.toml
+        find csrc -type f | LC_ALL=C sort | xargs cat
+        echo "${ANCIS_CPU_ONLY:-} ${CUDA_HOME:-} ${TORCH_CUDA_ARCH_LIST:-} $(realpath "$VENV")"
+    } | sha256sum | cut -d' ' -f1 | tr -d '\n'
+    echo " $loads"
+}
+
+# the stamp is the state the last finished install left; the same state now: nothing to redo
+if [ -z "${FORCE:-}" ] && [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$(state)" ]; then
+    echo "ancis_fast already installed in $VENV (nothing changed; FORCE=1 reinstalls)"
+    exit 0
+fi
+rm -f "$STAMP"
+PIP=("$PY" -m pip install -q --disable-pip-version-check)
+"${PIP[@]}" torch==2.14.1 torchvision==0.29.1
+"${PIP[@]}" setuptools wheel ninja
+MAX_JOBS=${MAX_JOBS:-2} "${PIP[@]}" --no-build-isolation -e ".[test,io,bench]"
+state > "$STAMP"
 echo "ancis_fast installed in $VENV"

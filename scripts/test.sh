@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The test command of README and CI: install (scripts/setup.sh), then run pytest.
+# The test command of README and CI: install (scripts/setup.sh: builds once, then a few seconds
+# while nothing it depends on changes), then run pytest.
 # Extra arguments go to pytest (e.g. `-m slow` for the slow tests).
 set -uo pipefail
 cd "$(dirname "$0")/.."

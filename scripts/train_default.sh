@@ -77,11 +77,11 @@ EOF
 evaluate() {
   # held-out synthetic test set at the Predictor's default size (a seed no training run uses)
   "$PY" -m ancis_fast synth --out "$WORK/test512" --n 60 --size 512 --seed 2026 --layout labels --quiet
-  "$PY" -m ancis_fast evaluate "$WORK/test512" --json "$WORK/eval_synthetic.json" --quiet
+  "$PY" -m ancis_fast evaluate "$WORK/test512" --backend reference --json "$WORK/eval_synthetic.json" --quiet
   mkdir -p "$WORK/real/images" "$WORK/real/masks"
   cp ancis_fast/assets/dsb2018_nuclei.png "$WORK/real/images/"
   cp ancis_fast/assets/dsb2018_nuclei_labels.png "$WORK/real/masks/"
-  "$PY" -m ancis_fast evaluate "$WORK/real" --json "$WORK/eval_real.json" --quiet
+  "$PY" -m ancis_fast evaluate "$WORK/real" --backend reference --json "$WORK/eval_real.json" --quiet
 }
 
 for stage in "${STAGES[@]}"; do

@@ -30,7 +30,7 @@ SYNTH_AP50_FLOOR = 0.82
 
 @pytest.fixture(scope="module")
 def predictor():
-    return Predictor()  # no weights: the bundled ResNet-50 model
+    return Predictor(backend="reference")  # no weights: the bundled ResNet-50 model; the spec's path
 
 
 def score(predictor, pairs):

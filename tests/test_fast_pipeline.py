@@ -27,7 +27,7 @@ def _predictors(models, mode, crop_sizes=CROP_SIZES):
     # image, whose near-tied scores (1e-7 apart) may swap order between the two paths
     config = PredictorConfig(input_size=SIZE, mode=mode, crop_sizes=crop_sizes, max_candidates=200,
                              max_detections=500)
-    return (Predictor.from_models(*models, config=config),
+    return (Predictor.from_models(*models, backend="reference", config=config),
             Predictor.from_models(*models, backend="eager", config=config))
 
 

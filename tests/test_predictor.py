@@ -16,8 +16,8 @@ SIZE = (128, 128)
 def predictor(models):
     detector, segmenter = models
     # the release's detection limits, which the spec steps below use
-    return Predictor.from_models(detector, segmenter, config=PredictorConfig(input_size=SIZE, max_candidates=200,
-                                                                             max_detections=500))
+    return Predictor.from_models(detector, segmenter, backend="reference", config=PredictorConfig(
+        input_size=SIZE, max_candidates=200, max_detections=500))
 
 
 def test_end_to_end_shapes_and_consistency(predictor, bgr_image):
@@ -124,7 +124,7 @@ def test_prior_height_sizes_the_priors_of_every_backend(models):
     config = PredictorConfig(input_size=(256, 256), prior_height=512)
     expected = make_priors(256, 256, scale_height=512)
     assert not torch.equal(expected, make_priors(256, 256))
-    reference_predictor = Predictor.from_models(*models, config=config)
+    reference_predictor = Predictor.from_models(*models, backend="reference", config=config)
     torch.testing.assert_close(reference_predictor.priors, expected, rtol=0, atol=0)
     fast = Predictor.from_models(*models, backend="eager", config=config)
     torch.testing.assert_close(fast.pipeline.priors, expected, rtol=0, atol=0)
@@ -149,3 +149,20 @@ def test_detection_limits_keep_a_prefix_of_the_unlimited_result(models, backend)
         PredictorConfig(max_candidates=0)
     with pytest.raises(ValueError, match="max_detections=0"):
         PredictorConfig(max_detections=0)
+
+
+def test_the_default_backend_is_the_fast_path_for_the_device(models):
+    """``backend="auto"`` (Predictor, from_models, CLI): eager on a CPU, torchscript on a GPU."""
+    import inspect
+
+    from ancis_fast.backends.configure import resolve_backend
+    from ancis_fast.cli import make_parser
+
+    assert inspect.signature(Predictor).parameters["backend"].default == "auto"
+    assert make_parser().parse_args(["predict", "x.png", "--out", "o"]).backend == "auto"
+    auto = Predictor.from_models(*models, config=PredictorConfig(input_size=SIZE))
+    assert auto.backend == "eager" and auto.pipeline is not None
+    assert resolve_backend("auto", torch.device("cuda")) == "torchscript"
+    assert resolve_backend("reference", torch.device("cuda")) == "reference"
+    with pytest.raises(ValueError, match="backend='fastest'"):
+        resolve_backend("fastest", torch.device("cpu"))

@@ -47,7 +47,7 @@ def test_preprocess_accepts_or_rejects_clearly(data, shape, dtype):
 
 @pytest.fixture(scope="module")
 def small_predictor(models):
-    return Predictor.from_models(*models, config=PredictorConfig(input_size=(64, 64)))
+    return Predictor.from_models(*models, backend="reference", config=PredictorConfig(input_size=(64, 64)))
 
 
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -15,8 +15,8 @@ SIZE = (128, 128)
 @pytest.fixture(scope="module")
 def predictor(models):
     # the release's detection limits: random weights otherwise give hundreds of cells a tile
-    return Predictor.from_models(*models, config=PredictorConfig(input_size=SIZE, max_candidates=200,
-                                                                 max_detections=500))
+    return Predictor.from_models(*models, backend="reference", config=PredictorConfig(
+        input_size=SIZE, max_candidates=200, max_detections=500))
 
 
 @pytest.fixture(scope="module")

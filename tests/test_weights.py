@@ -65,3 +65,25 @@ def test_default_weights_missing_says_what_to_do(monkeypatch, tmp_path):
     monkeypatch.setattr(weights, "DEFAULT_DETECTOR", tmp_path / "none_det.pt")
     with pytest.raises(FileNotFoundError, match="detector_weights="):
         default_weights()
+
+
+def test_files_that_are_not_checkpoints_say_what_they_are(tmp_path):
+    """Never torch's advice to load with weights_only=False: unpickling can run code."""
+    import argparse
+
+    import cv2
+    import numpy as np
+
+    cases = {"image.pth": "it is a PNG image", "empty.pth": "it is an empty file",
+             "notes.pth": "it is not a file written by torch.save", "pickled.pth": "Python objects other than tensors"}
+    cv2.imwrite(str(tmp_path / "image.pth.png"), np.zeros((8, 8), np.uint8))
+    (tmp_path / "image.pth.png").rename(tmp_path / "image.pth")
+    (tmp_path / "empty.pth").write_bytes(b"")
+    (tmp_path / "notes.pth").write_text("weights: see the lab wiki")
+    torch.save({"model": argparse.Namespace(layers=3)}, tmp_path / "pickled.pth")  # not a state dict of tensors
+    for name, what in cases.items():
+        with pytest.raises(CheckpointError) as info:
+            load_weights(build_segmenter(), tmp_path / name)
+        message = str(info.value)
+        assert name in message and what in message and "state_dict()" in message, message
+        assert "weights_only" not in message, message

@@ -12,6 +12,21 @@ from .torchscript import script
 
 #: execution paths of :class:`~ancis_fast.Predictor`; all but ``reference`` run a FastPipeline
 BACKENDS = ("reference", "eager", "torchscript", "compile", "tensorrt")
+AUTO = "auto"
+#: what ``Predictor(backend=...)`` and ``--backend`` accept: ``auto`` resolves to one of BACKENDS
+BACKEND_CHOICES = (AUTO,) + BACKENDS
+#: ``auto`` per device type. Measured (README, "Backends"): on a CPU ``eager`` is as fast as
+#: ``torchscript`` without its scripting time; on a GPU ``torchscript`` was the faster of the
+#: two. ``compile`` (minutes of compiling) and ``tensorrt`` (extra install) are never chosen.
+AUTO_BACKENDS = {"cpu": "eager", "cuda": "torchscript"}
+
+
+def resolve_backend(backend: str, device: torch.device) -> str:
+    """``backend``, or for ``"auto"`` the fast backend chosen for ``device``'s type
+    (:data:`AUTO_BACKENDS`; ``eager`` on other devices)."""
+    if backend not in BACKEND_CHOICES:
+        raise ValueError(f"backend={backend!r} is not available; choose one of {BACKEND_CHOICES}")
+    return AUTO_BACKENDS.get(device.type, "eager") if backend == AUTO else backend
 
 
 def configure_pipeline(pipeline: nn.Module, backend: str, precision: str, device: torch.device,

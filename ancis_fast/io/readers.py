@@ -133,7 +133,8 @@ def iter_frames(path: PathLike) -> Iterator[Tuple[str, np.ndarray]]:
         yield "", read_image(path)
 
 
-def find_images(inputs: Iterable[PathLike], recursive: bool = False) -> List[Path]:
+def find_images(inputs: Iterable[PathLike], recursive: bool = False,
+                missing: Optional[List[str]] = None) -> List[Path]:
     """Expand files, folders and glob patterns into a sorted, de-duplicated list of paths.
 
     A folder contributes its files with an image or video suffix (``recursive`` descends into
@@ -141,7 +142,8 @@ def find_images(inputs: Iterable[PathLike], recursive: bool = False) -> List[Pat
     is reported rather than silently skipped.
 
     Raises:
-        FileNotFoundError: an input does not exist.
+        FileNotFoundError: an input does not exist (a pattern matches no file), unless
+            ``missing`` is given: then its message is appended to ``missing`` instead.
     """
     found: List[Path] = []
     for item in inputs:
@@ -154,9 +156,15 @@ def find_images(inputs: Iterable[PathLike], recursive: bool = False) -> List[Pat
         elif glob.has_magic(str(item)):
             matches = sorted(Path(p) for p in glob.glob(str(item), recursive=True) if os.path.isfile(p))
             if not matches:
-                raise FileNotFoundError(f"no file matches {str(item)!r}")
+                _not_found(f"no file matches {str(item)!r}", missing)
             found += matches
         else:
-            raise FileNotFoundError(f"input not found: {str(path)!r}")
+            _not_found(f"input not found: {str(path)!r}", missing)
     unique = dict.fromkeys(found)
     return list(unique)
+
+
+def _not_found(message: str, missing: Optional[List[str]]) -> None:
+    if missing is None:
+        raise FileNotFoundError(message)
+    missing.append(message)

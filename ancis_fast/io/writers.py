@@ -4,10 +4,11 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import tempfile
 import zipfile
 from pathlib import Path
-from typing import Dict, Iterable, Iterator, Union
+from typing import Dict, Iterable, Iterator, List, Union
 
 import cv2
 import numpy as np
@@ -19,15 +20,21 @@ from .contours import geojson_features, outlines
 PathLike = Union[str, os.PathLike]
 SAVE_KINDS = ("labels", "json", "csv", "overlay", "rois", "geojson")
 DEFAULT_SAVE = ("labels", "json", "csv", "overlay")
+#: the temporary files of :func:`atomic_path`: ``.<stem>.<writer's pid>.<mkstemp's 8 chars>.tmp<suffix>``
+TEMP_NAME = re.compile(r"\.(?P<stem>.+)\.(?P<pid>\d+)\.[a-z0-9_]{8}\.tmp(?P<suffix>\.\w+)?")
 
 
 @contextlib.contextmanager
 def atomic_path(path: PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path`` (same suffix); rename it onto ``path`` only
-    when the block finishes without error, so a reader never sees a half-written file."""
+    when the block finishes without error (an exception, Ctrl-C included, removes it), so a
+    reader never sees a half-written file. A killed process leaves its temporary file:
+    :func:`remove_stale_temp_files` removes those."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
+    # the pid in the name tells a stale file (its writer is gone) from one being written
+    handle, tmp = tempfile.mkstemp(prefix=f".{path.stem}.{os.getpid()}.", suffix=f".tmp{path.suffix}",
+                                   dir=path.parent)
     os.close(handle)
     try:
         yield Path(tmp)
@@ -36,6 +43,33 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def remove_stale_temp_files(folder: PathLike) -> List[Path]:
+    """Delete the temporary files that :func:`atomic_path` left in ``folder`` (not its
+    sub-folders) when its process was killed; returns them. Only names of that pattern
+    whose writing process no longer runs are touched, so a run writing into the same folder
+    at the same time keeps its files."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    removed = []
+    for path in sorted(folder.iterdir()):
+        match = TEMP_NAME.fullmatch(path.name)
+        if match and path.is_file() and not _process_exists(int(match["pid"])):
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: only checks that the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
 
 
 def _umask() -> int:

@@ -3,6 +3,7 @@ and the bundled default model. Nothing is ever downloaded."""
 from __future__ import annotations
 
 import os
+import pickle
 import re
 from pathlib import Path
 from typing import Dict, Mapping, Optional, Union
@@ -31,22 +32,52 @@ def read_state_dict(source: WeightsSource) -> StateDict:
     if isinstance(source, Mapping):
         state = dict(source)
     else:
-        path = Path(source)
-        if not path.is_file():
-            raise FileNotFoundError(f"checkpoint not found: {str(path)!r}")
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # pickle, zip and EOF errors all mean the same to a user
-            raise CheckpointError(
-                f"cannot read checkpoint {str(path)!r} ({type(exc).__name__}: {exc}); "
-                "is it a PyTorch state dict, and was the file copied completely?"
-            ) from exc
+        state = _load_file(Path(source))
     for wrapper in ("state_dict", "model_state_dict", "model"):
-        if isinstance(state.get(wrapper), Mapping):
+        if isinstance(state, dict) and isinstance(state.get(wrapper), Mapping):
             state = dict(state[wrapper])
     if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
-        raise CheckpointError(f"checkpoint {_describe(source)} does not hold a state dict of tensors")
+        raise CheckpointError(f"checkpoint {_describe(source)} does not hold a state dict of tensors; {EXPECTED}")
     return {_strip_prefix(k): v for k, v in state.items()}
+
+
+#: what a file is, by its first bytes; torch.save writes a zip archive (or, before torch 1.6, a pickle)
+FILE_SIGNATURES = {
+    b"\x89PNG": "a PNG image", b"II*\x00": "a TIFF image", b"MM\x00*": "a TIFF image",
+    b"\xff\xd8\xff": "a JPEG image", b"BM": "a BMP image", b"GIF8": "a GIF image", b"%PDF": "a PDF document",
+    b"\x1f\x8b": "a gzip archive", b"\x89HDF": "an HDF5 file (e.g. a Keras model)",
+}
+TORCH_SIGNATURES = (b"PK\x03\x04", b"\x80")
+EXPECTED = ("expected a PyTorch state dict of tensors written by torch.save(model.state_dict(), path) "
+            "(.pt/.pth), such as the ANCIS release's detector and segmenter checkpoints")
+
+
+def _load_file(path: Path) -> object:
+    """``torch.load(path, weights_only=True)`` with errors that say what the file is.
+
+    Only tensors and plain containers are ever unpickled: other pickled objects could run
+    code, so a file holding them is refused (the message says how to re-save it)."""
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {str(path)!r}")
+    with open(path, "rb") as handle:
+        head = handle.read(8)
+    if not head.startswith(TORCH_SIGNATURES):
+        kind = next((what for magic, what in FILE_SIGNATURES.items() if head.startswith(magic)),
+                    "an empty file" if not head else "not a file written by torch.save")
+        raise CheckpointError(f"{str(path)!r} is not a PyTorch checkpoint: it is {kind}; {EXPECTED}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:  # torch's own text advises weights_only=False: never pass it on
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} holds Python objects other than tensors (e.g. a whole pickled model or "
+            "training state); they are not loaded because unpickling them can run arbitrary code. "
+            f"{EXPECTED[0].upper()}{EXPECTED[1:]}: load the file where it was made and re-save model.state_dict()"
+        ) from None
+    except Exception as exc:  # zip and EOF errors: a damaged or incomplete file
+        raise CheckpointError(
+            f"cannot read checkpoint {str(path)!r} ({type(exc).__name__}); the file looks damaged or incomplete: "
+            "was it copied completely?"
+        ) from exc
 
 
 def _strip_prefix(key: str) -> str:

@@ -121,7 +121,7 @@ def mask_validation(detector: nn.Module, segmenter: nn.Module, val: Sequence[Tup
     (:class:`~ancis_fast.Predictor`, reference backend), in the network frame."""
     from ..predictor import Predictor, PredictorConfig
 
-    predictor = Predictor.from_models(detector, segmenter, device=device, config=PredictorConfig(
+    predictor = Predictor.from_models(detector, segmenter, "reference", device, PredictorConfig(
         input_size=tuple(cfg.input_size), conf_thresh=cfg.conf_thresh, nms_thresh=cfg.nms_thresh,
         seg_thresh=cfg.seg_thresh, prior_height=cfg.prior_height))
     evaluator = Evaluator()
