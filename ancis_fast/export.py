@@ -89,7 +89,7 @@ def export_core(predictor: "Predictor", box_budget: Optional[int] = None,
 def static_budgets(core: FastCore, examples: Tensor, headroom: float = 2.0) -> List[int]:
     """Boxes per crop shape for a static export of ``core``: the counts that the network
     inputs ``examples [B,3,H,W]`` (images typical of the use) give, times ``headroom``,
-    rounded up to :data:`~ancis_fast.pipeline.fast.BOX_BUDGETS` (0 for shapes they never
+    rounded up by :func:`~ancis_fast.pipeline.fast.box_budget` (0 for shapes they never
     use), for a batch of ``B``."""
     with torch.inference_mode():
         x, locs, conf, _ = core.run_detector(examples)

@@ -15,7 +15,7 @@ OUT="${OUT:-gpu_out}"
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 CUDA_HOME="${CUDA_HOME:-/usr/local/cuda}" TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0}"
 PY="${PY:-python3}"
-DET_MINUTES="${DET_MINUTES:-3.8}"
+DET_MINUTES="${DET_MINUTES:-2.5}"
 WORK="${WORK:-/tmp/ancis_train}"
 T0=$(date +%s)
 log() { echo "[$(($(date +%s) - T0)) s] $*" | tee -a "$OUT/main.log"; }
@@ -85,6 +85,11 @@ log "bench_ops done"
   echo "bench_mask_stage exit ${PIPESTATUS[0]}"
 } >>"$OUT/bench.log" 2>&1
 log "bench_mask_stage done"
+{
+  timeout 120 "$PY" benchmarks/bench_static_pipeline.py --device cuda --precision fp16 --batch 1,8 2>&1 | tail -14
+  echo "bench_static_pipeline exit ${PIPESTATUS[0]}"
+} >>"$OUT/bench.log" 2>&1
+log "bench_static_pipeline done"
 {
   timeout 90 "$PY" benchmarks/fps.py --device cuda --backends reference,eager,torchscript --batch 1,8 \
       --precision fp32,fp16 --warmup 2 --iters 8 --no-sweep --out /tmp/fps 2>&1 | tail -25

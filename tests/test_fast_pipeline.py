@@ -8,7 +8,7 @@ import torch
 from ancis_fast import Predictor
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from ancis_fast.pipeline.fast import (BOX_BUDGETS, CROP_SIZES, FastPipeline, PaddedDetections, box_budget,
+from ancis_fast.pipeline.fast import (SMALLEST_BOX_BUDGET, CROP_SIZES, FastPipeline, PaddedDetections, box_budget,
                                       level_shape, size_classes)
 from ancis_fast.predictor import PredictorConfig
 from conftest import blob_image, paired_mask_ious, random_models
@@ -87,7 +87,7 @@ def test_crop_shapes_and_budgets():
     assert shape(8, 8) == (8, 8) and shape(9, 9) == (8, 8) and shape(10, 11) == (12, 12)
     assert shape(14, 40) == (16, 32) and shape(1, 500) == (8, 32)
     assert [level_shape(24, i) for i in range(5)] == [24, 12, 6, 3, 3]
-    assert box_budget(0, 500) == BOX_BUDGETS[0] and box_budget(9, 500) == 16 and box_budget(300, 500) == 500
+    assert box_budget(0, 500) == SMALLEST_BOX_BUDGET and box_budget(9, 500) == 16 and box_budget(300, 500) == 500 and box_budget(5000, 9000) == 9000
     assert PredictorConfig(crop_sizes=[16, 64]).crop_sizes == (16, 64)
     for bad in ((), (32, 16), (16, 16), (2, 8), (8.5,)):
         with pytest.raises(ValueError, match="crop_sizes"):
@@ -225,3 +225,23 @@ def test_core_buffers_live_with_the_priors():
     core = FastCore(torch.nn.Identity(), torch.nn.Identity(), priors, SIZE)
     for module in (core, core.core()):
         assert module.size_edges.device == priors.device
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_whole_static_pipeline_replays_as_a_cuda_graph(soft_models):
+    from ancis_fast.backends.cudagraph import CudaGraphPipeline
+    from ancis_fast.export import static_budgets
+
+    core = FastPipeline(*soft_models, SIZE, max_det=64).cuda().core()
+    x = torch.cat([torch.rand(2, 3, *SIZE, generator=torch.Generator().manual_seed(s)) for s in (0, 1)]).cuda()
+    static = core.core(shape_budgets=static_budgets(core, x[:2]))
+    graph = CudaGraphPipeline(static, x[:2])
+    for batch in (x[:2], x[2:]):
+        with torch.inference_mode():
+            expected = static(batch)
+        got = graph(batch)
+        for a, b in zip(expected, got):
+            torch.testing.assert_close(b, a, atol=1e-4, rtol=0)
+    with pytest.raises(ValueError, match="static pipeline"):
+        CudaGraphPipeline(core, x[:2])

@@ -49,9 +49,9 @@ HALO = 2  # layer_c0 is two 3x3 convs: a 2-pixel halo makes the crop's features 
 #: fixed size for every box loses much where boxes are far from it (README "Performance")
 CROP_SIZES = (8, 10, 12, 16, 20, 24, 32, 40, 48, 64, 80, 96, 128)
 NUM_LEVELS = 5  # c0..c4
-#: per-image box budgets the Predictor rounds the largest count of a batch up to: few
+#: box budgets are powers of two from this up (past the top, the caller's limit): few
 #: distinct shapes (one CUDA graph / TensorRT profile each), at most 2x padded boxes
-BOX_BUDGETS = (8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
+SMALLEST_BOX_BUDGET, LARGEST_BOX_BUDGET = 8, 4096
 WINDOW_STEP = 16  # paste windows are rounded up to multiples of this (few distinct shapes)
 
 
@@ -70,12 +70,13 @@ class PaddedDetections:
         return PaddedDetections(self.boxes[:, :budget], self.scores[:, :budget], self.labels[:, :budget], self.counts)
 
 
-def box_budget(count: int, limit: int) -> int:
-    """The smallest of :data:`BOX_BUDGETS` holding ``count`` boxes, at most ``limit``."""
-    for budget in BOX_BUDGETS:
-        if budget >= count:
-            return min(budget, limit)
-    return limit
+def box_budget(count: int, limit: int, smallest: int = SMALLEST_BOX_BUDGET, largest: int = LARGEST_BOX_BUDGET) -> int:
+    """The smallest power of two from ``smallest`` holding ``count`` boxes, at most
+    ``limit`` (``limit`` itself past ``largest``)."""
+    budget = smallest
+    while budget < count and budget < largest:
+        budget *= 2
+    return min(budget, limit) if budget >= count else limit
 
 
 def check_crop_sizes(sizes: Sequence[int]) -> Tuple[int, ...]:
@@ -306,8 +307,7 @@ class FastCore(nn.Module):
     def shape_counts(self, boxes: Tensor, counts: Tensor) -> Tensor:
         """int64 ``[len(crop_shapes)]``: how many boxes with a mask each fast-mode crop shape
         gets in this batch (what :meth:`segment_padded`'s ``shape_budgets`` must hold)."""
-        level_sizes = [[self.input_size[0] // 2**i, self.input_size[1] // 2**i] for i in range(NUM_LEVELS)]
-        bounds, num_levels = self.crop_bounds(boxes, counts, level_sizes[:1])
+        bounds, num_levels = self.crop_bounds(boxes, counts, [[self.input_size[0], self.input_size[1]]])
         classes = size_classes(bounds[:, 0], self.size_edges)
         return torch.bincount(classes[num_levels > 0], minlength=len(self.crop_shapes))
 
@@ -326,8 +326,8 @@ class FastCore(nn.Module):
         bounds, num_levels = self.crop_bounds(boxes, counts, level_sizes)
         if self.mode == "fast":
             if shape_budgets is None:
-                shape_budgets = [box_budget(n, boxes.shape[0] * boxes.shape[1]) if n > 0 else 0
-                                 for n in self.shape_counts(boxes, counts).tolist()]
+                found: List[int] = self.shape_counts(boxes, counts).tolist()
+                shape_budgets = [box_budget(n, batch * budget) if n > 0 else 0 for n in found]
             probs, mask_sizes = self._decode_static(image, features, bounds, num_levels, batch_idx, shape_budgets)
         else:
             probs, mask_sizes = self._decode_exact(image, features, bounds, num_levels, batch_idx)
