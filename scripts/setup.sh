@@ -12,5 +12,5 @@ if [ -z "${ANCIS_CPU_ONLY:-}" ] && [ -x "${CUDA_HOME:-/usr/local/cuda}/bin/nvcc"
     export CUDA_HOME=${CUDA_HOME:-/usr/local/cuda}
     export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-"8.0;9.0"}
 fi
-MAX_JOBS=${MAX_JOBS:-2} "${PIP[@]}" --no-build-isolation -e ".[test,io]"
+MAX_JOBS=${MAX_JOBS:-2} "${PIP[@]}" --no-build-isolation -e ".[test,io,dask]"
 echo "ancis_fast installed in $VENV"
