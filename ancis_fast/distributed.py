@@ -314,10 +314,10 @@ def _sum_histograms(parts: List[Tuple[np.ndarray, int]]) -> Tuple[np.ndarray, in
     return np.sum([p[0] for p in parts], axis=0), parts[0][1]
 
 
-def _core_windows(height: int, width: int, block: int) -> List[Tuple[int, int, int, int]]:
-    """Non-overlapping ``block`` windows covering the image, ``(y0, y1, x0, x1)``."""
-    return [(y, min(y + block, height), x, min(x + block, width))
-            for y in range(0, height, block) for x in range(0, width, block)]
+def _chunk_windows(height: int, width: int, chunks: Tuple[int, int]) -> List[Tuple[int, int, int, int]]:
+    """Non-overlapping windows of ``chunks`` px covering the image, ``(y0, y1, x0, x1)``."""
+    return [(y, min(y + chunks[0], height), x, min(x + chunks[1], width))
+            for y in range(0, height, chunks[0]) for x in range(0, width, chunks[1])]
 
 
 # ------------------------------------------------------------------ one huge image
@@ -332,9 +332,14 @@ class ImageResult:
     table: Optional[Path] = None
     cells: int = 0
     blocks: int = 0
+    block: int = 0  # the window stride used, px
     reused: int = 0
     failed: List[Tuple[str, str]] = field(default_factory=list)
     seconds: float = 0.0
+    #: the stitched cells (image pixels); ``None`` when not segmented in this call
+    instances: Optional[Instances] = None
+    #: seconds of each step: ``statistics``, ``blocks`` (on the workers), ``stitch``, ``write`` (on the client)
+    timings: Dict[str, float] = field(default_factory=dict)
 
 
 def image_outputs(out: PathLike, name: str) -> Tuple[Path, Path]:
@@ -352,8 +357,10 @@ def segment_image(client, path: PathLike, out: PathLike, predictor: Union[Predic
         out: output folder (shared by the client and the workers).
         predictor: :class:`~ancis_fast.Predictor` keyword arguments, or a :class:`PredictorSpec`;
             its ``normalize`` / ``percentiles`` convert the whole image to 8-bit.
-        block: window stride in px (default: the input's chunk side, or 2048 for thin chunks);
-            windows are ``block + overlap`` px.
+        block: window stride in px; windows are ``block + overlap`` px. Default: the multiple
+            of ``tile - tile_overlap`` nearest the input's chunk side (2048 for thin chunks), so
+            that the windows' tiles lie on the grid ``predict(image, tile=...)`` uses on the
+            whole image (the far edges aside) and no pixel is segmented more often than there.
         overlap: overlap of the windows in px; must exceed the largest cell diameter.
         tile, tile_overlap: each window is segmented with ``predict(window, tile, tile_overlap)``
             (default ``tile_overlap``: ``overlap``).
@@ -373,15 +380,19 @@ def segment_image(client, path: PathLike, out: PathLike, predictor: Union[Predic
         return result
     height, width = source.shape[:2]
     chunks = source.chunks
+    tile_overlap = overlap if tile_overlap is None else tile_overlap
     if block is None:
-        block = max(chunks) if min(chunks) >= MIN_LABEL_CHUNK else DEFAULT_BLOCK
+        stride = tile - tile_overlap
+        block = max(1, round((max(chunks) if min(chunks) >= MIN_LABEL_CHUNK else DEFAULT_BLOCK) / stride)) * stride
     label_chunks = chunks if min(chunks) >= MIN_LABEL_CHUNK else (block, block)
+    result.block = block
     norm = _normalization(spec)
     try:
-        scale = conversion_range(client, source, _core_windows(height, width, block), norm)
+        scale = conversion_range(client, source, _chunk_windows(height, width, label_chunks), norm)
     except BlocksFailed as exc:  # an unreadable block: no whole-image statistics, nothing to segment
         result.failed, result.seconds = exc.failed, time.perf_counter() - started
         return result
+    result.timings["statistics"] = time.perf_counter() - started
     window = block + overlap
     windows = [(y, min(y + window, height), x, min(x + window, width))
                for y in tile_starts(height, window, overlap) for x in tile_starts(width, window, overlap)]
@@ -391,15 +402,18 @@ def segment_image(client, path: PathLike, out: PathLike, predictor: Union[Predic
     result.blocks, result.reused = len(windows), len(windows) - len(todo)
     worker_spec = spec.with_options(normalize="none") if spec.factory is None else spec
     futures = client.map(_segment_window, [worker_spec] * len(todo), [source] * len(todo), [w for w, _ in todo],
-                         [scale] * len(todo), [tile] * len(todo), [overlap if tile_overlap is None else tile_overlap]
-                         * len(todo), [saved / f"{n}.pkl" for _, n in todo], pure=False)
+                         [scale] * len(todo), [tile] * len(todo), [tile_overlap] * len(todo), [saved / f"{n}.pkl" for _, n in todo], pure=False)
     result.failed = _wait(client, futures, [f"{name} {n}" for _, n in todo], progress)
+    result.timings["blocks"] = time.perf_counter() - started - result.timings["statistics"]
     if not result.failed:
+        step = time.perf_counter()
         instances = _stitch(saved, windows, names, (height, width), window, overlap)
+        result.timings["stitch"], step = time.perf_counter() - step, time.perf_counter()
         write_labels_zarr(labels_path, instances, label_chunks)
         write_text(table_path, instances.to_csv())
         shutil.rmtree(saved, ignore_errors=True)
-        result.labels, result.table, result.cells = labels_path, table_path, len(instances)
+        result.timings["write"] = time.perf_counter() - step
+        result.labels, result.table, result.cells, result.instances = labels_path, table_path, len(instances), instances
     result.seconds = time.perf_counter() - started
     return result
 

@@ -207,6 +207,7 @@ def test_folder_equals_sequential_predict_and_loads_the_model_once(client, folde
     assert [built[w] - before[w] for w in built] == [1, 1]  # 8 files, one predictor per worker
 
 
+@pytest.mark.slow
 def test_a_killed_worker_loses_nothing(client, folder, tmp_path):
     images, options, sequential = folder
     spec = PredictorSpec.of(dict(detector_weights=options[1], segmenter_weights=options[3], backbone="resnet18",
@@ -238,3 +239,21 @@ def test_a_bad_file_is_reported_and_the_rest_finish(client, tmp_path, capsys):
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["ok0.csv", "ok1.csv", "ok2.csv"]
     again = segment_files(client, sorted(images.iterdir()), tmp_path / "out", BLOBS, save=["csv"], resume=True)
     assert [r.skipped for r in again] == [0, 1, 1, 1]  # resume: finished outputs are reused
+
+
+# ------------------------------------------------------------------ the bundled model at scale
+
+@pytest.mark.slow
+def test_4096_image_agrees_with_single_process_tiling(tmp_path):
+    """benchmarks/distributed_scaling.py's comparison: a 16-bit synthetic 4096² image in 1024
+    px zarr chunks, on 2 workers and in one process with predict(tile=512)."""
+    import importlib.util
+
+    path = Path(__file__).parents[1] / "benchmarks" / "distributed_scaling.py"
+    spec = importlib.util.spec_from_file_location("distributed_scaling", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    run = bench.compare(tmp_path, size=4096, chunk=1024, workers=(2,))["workers2"]
+    assert run["count_diff"] <= 0.01
+    assert run["max_pair_iou"] <= DUPLICATE_IOU  # no cell twice
+    assert run["seam_cells"] > 50 and run["seam_cells_found"] >= run["seam_cells_found_single"] - 0.01 * run["seam_cells"]
