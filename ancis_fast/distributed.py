@@ -68,8 +68,12 @@ class PredictorSpec:
     @classmethod
     def of(cls, options: Optional[Mapping[str, Any]] = None, factory: Optional[Callable[..., Any]] = None
            ) -> "PredictorSpec":
-        items = {k: _absolute(v) if k in ("detector_weights", "segmenter_weights") else v
-                 for k, v in (options or {}).items()}
+        items = dict(options or {})
+        for key in ("detector_weights", "segmenter_weights"):
+            if key in items:
+                items[key] = _absolute(items[key])
+        if items.get("calibration") is not None:
+            items["calibration"] = [_absolute(p) for p in items["calibration"]]
         return cls(tuple(sorted(items.items())), factory)
 
     @property
@@ -90,7 +94,7 @@ class PredictorSpec:
 
 
 def _absolute(value: Any) -> Any:
-    """Weight paths made absolute, so that workers started elsewhere find them."""
+    """Paths made absolute, so that workers started elsewhere find them."""
     return str(Path(value).resolve()) if isinstance(value, (str, os.PathLike)) else value
 
 
@@ -333,7 +337,8 @@ class ImageResult:
     cells: int = 0
     blocks: int = 0
     block: int = 0  # the window stride used, px
-    reused: int = 0
+    reused: int = 0  # windows kept from an interrupted run (resume)
+    already_done: bool = False  # resume found both outputs: nothing was run
     failed: List[Tuple[str, str]] = field(default_factory=list)
     seconds: float = 0.0
     #: the stitched cells (image pixels); ``None`` when not segmented in this call
@@ -376,7 +381,7 @@ def segment_image(client, path: PathLike, out: PathLike, predictor: Union[Predic
     result = ImageResult(name)
     labels_path, table_path = image_outputs(out, name)
     if resume and labels_path.exists() and table_path.exists():
-        result.labels, result.table, result.reused = labels_path, table_path, -1
+        result.labels, result.table, result.already_done = labels_path, table_path, True
         return result
     height, width = source.shape[:2]
     chunks = source.chunks
@@ -649,7 +654,7 @@ def predict_command(args, predictor_options: Dict[str, Any]) -> int:
                                  tile=args.tile or max(predictor_options.get("input_size", (512, 512))),
                                  resume=args.resume, progress=not args.quiet)
             failures += [f"{n}: {e}" for n, e in done.failed]
-            print(f"{item}: " + (f"{done.blocks} block(s) failed" if done.failed else "already done" if done.reused < 0
+            print(f"{item}: " + (f"{done.blocks} block(s) failed" if done.failed else "already done" if done.already_done
                                  else f"{done.cells} cell(s) in {done.blocks} block(s) ({done.reused} reused), "
                                       f"{done.seconds:.1f} s -> {done.labels}, {done.table}"), file=sys.stderr)
         results = segment_files(client, paths, args.out, spec, save=args.save, label_format=args.label_format,

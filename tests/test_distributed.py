@@ -163,7 +163,7 @@ def test_failing_blocks_are_named_and_resume_recomputes_only_them(client, tmp_pa
     restore()
     fixed = segment_image(client, path, out, BLOBS, overlap=48, tile=200, tile_overlap=40, resume=True)
     assert not fixed.failed and fixed.reused == len(saved) and fixed.cells == len(components(to_uint8(image)))
-    assert segment_image(client, path, out, BLOBS, resume=True).reused == -1  # outputs exist: nothing to do
+    assert segment_image(client, path, out, BLOBS, resume=True).already_done
 
 
 # ------------------------------------------------------------------ many files
@@ -257,3 +257,19 @@ def test_4096_image_agrees_with_single_process_tiling(tmp_path):
     assert run["count_diff"] <= 0.01
     assert run["max_pair_iou"] <= DUPLICATE_IOU  # no cell twice
     assert run["seam_cells"] > 50 and run["seam_cells_found"] >= run["seam_cells_found_single"] - 0.01 * run["seam_cells"]
+
+
+def test_cli_segments_a_zarr_image_in_blocks(client, folder, tmp_path, capsys):
+    _, options, _ = folder
+    image = blob_image(300, 420, cells=20, seed=5)
+    write_zarr(tmp_path / "slide.zarr", image[:, :, ::-1].copy(), (256, 256, 3))  # stored RGB
+    command = ["predict", str(tmp_path / "slide.zarr"), "--out", str(tmp_path / "out"), "--scheduler",
+               client.scheduler.address, "--tile", "256", "--overlap", "32", "--resume"] + options
+    assert main(command) == 0
+    labels = zarr.open(str(tmp_path / "out" / "slide_labels.zarr"), mode="r")
+    assert labels.shape == (300, 420) and labels.chunks == (256, 256)
+    rows = read_table(tmp_path / "out" / "slide.csv")
+    ids = np.unique(labels[...])
+    assert [int(r["id"]) for r in rows] == list(range(1, len(rows) + 1))
+    assert len(ids) > 1 and ids.max() <= len(rows)  # ids of the table (cells hidden under better ones aside)
+    assert main(command) == 0 and "already done" in capsys.readouterr().err
