@@ -384,43 +384,52 @@ def segment_image(client, path: PathLike, out: PathLike, predictor: Union[Predic
         result.labels, result.table, result.already_done = labels_path, table_path, True
         return result
     height, width = source.shape[:2]
-    chunks = source.chunks
     tile_overlap = overlap if tile_overlap is None else tile_overlap
-    if block is None:
-        stride = tile - tile_overlap
-        block = max(1, round((max(chunks) if min(chunks) >= MIN_LABEL_CHUNK else DEFAULT_BLOCK) / stride)) * stride
-    label_chunks = chunks if min(chunks) >= MIN_LABEL_CHUNK else (block, block)
-    result.block = block
-    norm = _normalization(spec)
+    result.block, label_chunks = _layout(source.chunks, block, tile - tile_overlap)
     try:
-        scale = conversion_range(client, source, _chunk_windows(height, width, label_chunks), norm)
+        scale = conversion_range(client, source, _chunk_windows(height, width, label_chunks), _normalization(spec))
     except BlocksFailed as exc:  # an unreadable block: no whole-image statistics, nothing to segment
         result.failed, result.seconds = exc.failed, time.perf_counter() - started
         return result
     result.timings["statistics"] = time.perf_counter() - started
-    window = block + overlap
+    window = result.block + overlap
     windows = [(y, min(y + window, height), x, min(x + window, width))
                for y in tile_starts(height, window, overlap) for x in tile_starts(width, window, overlap)]
-    saved = Path(out) / f"{name}.blocks"
-    names = [_window_name(w) for w in windows]
-    todo = [(w, n) for w, n in zip(windows, names) if not (resume and (saved / f"{n}.pkl").exists())]
+    saved = {w: Path(out) / f"{name}.blocks" / f"{_window_name(w)}.pkl" for w in windows}
+    todo = [w for w in windows if not (resume and saved[w].exists())]
     result.blocks, result.reused = len(windows), len(windows) - len(todo)
-    worker_spec = spec.with_options(normalize="none") if spec.factory is None else spec
-    futures = client.map(_segment_window, [worker_spec] * len(todo), [source] * len(todo), [w for w, _ in todo],
-                         [scale] * len(todo), [tile] * len(todo), [tile_overlap] * len(todo), [saved / f"{n}.pkl" for _, n in todo], pure=False)
-    result.failed = _wait(client, futures, [f"{name} {n}" for _, n in todo], progress)
+    worker_spec = spec.with_options(normalize="none") if spec.factory is None else spec  # blocks come as 8-bit
+    futures = client.map(_segment_window, [worker_spec] * len(todo), [source] * len(todo), todo, [scale] * len(todo),
+                         [tile] * len(todo), [tile_overlap] * len(todo), [saved[w] for w in todo], pure=False)
+    result.failed = _wait(client, futures, [f"{name} {_window_name(w)}" for w in todo], progress)
     result.timings["blocks"] = time.perf_counter() - started - result.timings["statistics"]
     if not result.failed:
-        step = time.perf_counter()
-        instances = _stitch(saved, windows, names, (height, width), window, overlap)
-        result.timings["stitch"], step = time.perf_counter() - step, time.perf_counter()
-        write_labels_zarr(labels_path, instances, label_chunks)
-        write_text(table_path, instances.to_csv())
-        shutil.rmtree(saved, ignore_errors=True)
-        result.timings["write"] = time.perf_counter() - step
-        result.labels, result.table, result.cells, result.instances = labels_path, table_path, len(instances), instances
+        _write_image_outputs(result, saved, (height, width), window, overlap, label_chunks, labels_path, table_path)
     result.seconds = time.perf_counter() - started
     return result
+
+
+def _layout(chunks: Tuple[int, int], block: Optional[int], stride: int) -> Tuple[int, Tuple[int, int]]:
+    """``(block, label chunks)``: the block stride (given, or the multiple of the tiles' ``stride``
+    nearest the input's chunk side) and the labels' chunks (the input's, unless they are thin strips)."""
+    usable = min(chunks) >= MIN_LABEL_CHUNK
+    if block is None:
+        block = max(1, round((max(chunks) if usable else DEFAULT_BLOCK) / stride)) * stride
+    return block, (chunks if usable else (block, block))
+
+
+def _write_image_outputs(result: ImageResult, saved: Dict[Tuple[int, int, int, int], Path], size: Tuple[int, int],
+                         window: int, overlap: int, label_chunks: Tuple[int, int], labels_path: Path,
+                         table_path: Path) -> None:
+    """Stitch the saved windows, write labels and table, drop the saved windows."""
+    step = time.perf_counter()
+    instances = _stitch(saved, size, window, overlap)
+    result.timings["stitch"], step = time.perf_counter() - step, time.perf_counter()
+    write_labels_zarr(labels_path, instances, label_chunks)
+    write_text(table_path, instances.to_csv())
+    shutil.rmtree(next(iter(saved.values())).parent, ignore_errors=True)
+    result.timings["write"] = time.perf_counter() - step
+    result.labels, result.table, result.cells, result.instances = labels_path, table_path, len(instances), instances
 
 
 def _normalization(spec: PredictorSpec) -> Normalization:
@@ -457,10 +466,10 @@ class _Windows:
         return index[0].start, index[1].start
 
 
-def _stitch(saved: Path, windows: List[Tuple[int, int, int, int]], names: List[str], size: Tuple[int, int],
-            window: int, overlap: int) -> Instances:
-    """The saved windows stitched by :func:`predict_tiled`'s rules (the same layout)."""
-    by_origin = {(w[0], w[2]): saved / f"{n}.pkl" for w, n in zip(windows, names)}
+def _stitch(saved: Dict[Tuple[int, int, int, int], Path], size: Tuple[int, int], window: int,
+            overlap: int) -> Instances:
+    """The saved windows stitched by :func:`predict_tiled`'s rules (they have its layout)."""
+    by_origin = {(w[0], w[2]): path for w, path in saved.items()}
 
     def load(origin: Tuple[int, int]) -> Instances:
         return pickle.loads(by_origin[origin].read_bytes())
