@@ -138,14 +138,19 @@ def set_threads(threads: Optional[int]) -> None:
     cv2.setNumThreads(threads)
 
 
+def predictor_options(args: argparse.Namespace) -> dict:
+    """The Predictor keywords of :func:`add_model_arguments`' options."""
+    return dict(detector_weights=args.weights_det, segmenter_weights=args.weights_seg, backbone=args.backbone,
+                backend=args.backend, mode=args.mode, device=args.device,
+                precision=getattr(args, "precision", "fp32"), input_size=args.input_size, normalize=args.normalize,
+                calibration=calibration_images(args), zoom=args.zoom, **detection_options(args))
+
+
 def build_predictor(args: argparse.Namespace):
     from . import Predictor
 
     set_threads(getattr(args, "threads", None))
-    return Predictor(args.weights_det, args.weights_seg, backbone=args.backbone, backend=args.backend,
-                     mode=args.mode, device=args.device, precision=getattr(args, "precision", "fp32"),
-                     input_size=args.input_size, normalize=args.normalize, calibration=calibration_images(args),
-                     zoom=args.zoom, **detection_options(args))
+    return Predictor(**predictor_options(args))
 
 
 def output_stems(paths: Sequence[Path]) -> List[str]:
@@ -199,6 +204,8 @@ def _predict(args: argparse.Namespace) -> int:
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         return 2
+    if args.scheduler or args.workers:
+        return _predict_distributed(args)
     missing: List[str] = []
     try:
         paths = find_images(_expand_datasets(args.inputs), recursive=args.recursive, missing=missing)
@@ -274,6 +281,20 @@ def _predict_input(args: argparse.Namespace, predictor, path: Path, stem: str, r
         run.frames, run.cells = run.frames + 1, run.cells + len(instances)
 
 
+def _predict_distributed(args: argparse.Namespace) -> int:
+    """``predict`` on a Dask cluster (:func:`ancis_fast.distributed.predict_command`)."""
+    try:
+        from .distributed import predict_command
+
+        return predict_command(args, predictor_options(args))
+    except ImportError as exc:
+        print(f"error: --scheduler/--workers need the dask extra (pip install 'ancis_fast[dask]'): {exc}",
+              file=sys.stderr)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+    return 2
+
+
 def _register_predict(subparsers) -> None:
     from .io.writers import DEFAULT_SAVE, SAVE_KINDS
 
@@ -293,6 +314,12 @@ def _register_predict(subparsers) -> None:
                         help="segment in tiles of this many px at native resolution (automatic above 2048 px)")
     parser.add_argument("--overlap", type=int, default=64, help="tile overlap in px (default: 64)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    cluster = parser.add_mutually_exclusive_group()
+    cluster.add_argument("--scheduler", metavar="ADDRESS",
+                         help="run on the Dask cluster at ADDRESS (e.g. tcp://host:8786; pip install .[dask]): files "
+                              "spread over its workers, zarr/OME-Zarr images and TIFFs over 8192 px in blocks")
+    cluster.add_argument("--workers", type=int, metavar="N",
+                         help="the same on a local Dask cluster of N worker processes")
     add_model_arguments(parser)
     parser.set_defaults(func=_predict)
 

@@ -65,8 +65,10 @@ def predict_tiled(image: np.ndarray, predict_tile: Callable[[np.ndarray], Instan
                 cy, cx = (y1 + y2) / 2 + y0, (x1 + x2) / 2 + x0
                 if not (ylo - SEAM_MARGIN <= cy < yhi + SEAM_MARGIN and xlo - SEAM_MARGIN <= cx < xhi + SEAM_MARGIN):
                     continue
+                # twice the keeping margin: two tiles place one cell's centre a little differently, and
+                # a cell that both keep must be compared as near the seam in both
                 near_seam = min(cy - ylo if ylo > 0 else np.inf, yhi - cy if yhi < height else np.inf,
-                                cx - xlo if xlo > 0 else np.inf, xhi - cx if xhi < width else np.inf) < SEAM_MARGIN
+                                cx - xlo if xlo > 0 else np.inf, xhi - cx if xhi < width else np.inf) < 2 * SEAM_MARGIN
                 border = min(y1 if y0 > 0 else np.inf, x1 if x0 > 0 else np.inf,
                              th - y2 if y0 + th < height else np.inf, tw - x2 if x0 + tw < width else np.inf)
                 kept.append((float(found.scores[i]), found.boxes[i] + np.array([y0, x0, y0, x0], np.float32),

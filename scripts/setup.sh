@@ -40,6 +40,6 @@ rm -f "$STAMP"
 PIP=("$PY" -m pip install -q --disable-pip-version-check)
 "${PIP[@]}" torch==2.14.1 torchvision==0.29.1
 "${PIP[@]}" setuptools wheel ninja
-MAX_JOBS=${MAX_JOBS:-2} "${PIP[@]}" --no-build-isolation -e ".[test,io,bench]"
+MAX_JOBS=${MAX_JOBS:-2} "${PIP[@]}" --no-build-isolation -e ".[test,io,bench,dask]"
 state > "$STAMP"
 echo "ancis_fast installed in $VENV"

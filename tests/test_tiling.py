@@ -93,3 +93,20 @@ def test_predictor_tiles_are_normalised_with_their_whole_image(monkeypatch, zoom
     assert len(seen) == len(expected)
     for got, want in zip(seen, expected):
         np.testing.assert_array_equal(got, want)
+
+
+def test_a_cell_two_tiles_place_either_side_of_the_keeping_margin_is_kept_once():
+    """Tiles 0 and 1 (tile 256, overlap 64: seam at x = 224) both see one cell; its centre is
+    x = 227.95 in tile 0's estimate (kept: < 224 + SEAM_MARGIN) and 228.0 in tile 1's (kept:
+    >= 224 - SEAM_MARGIN, but 4 px inside tile 1's own region): one instance, not two."""
+    def tile_cell(tile):
+        x0 = 0 if tile[0, 0] == 0 else 192  # the two tiles' contents are marked by their first pixel
+        left = 218.0 - x0 + (0.0 if x0 else -0.05)
+        patch = np.ones((20, 20), bool)
+        return Instances(np.array([[100, left, 120, left + 20]], np.float32), np.array([0.9]),
+                         PatchMasks([patch], np.array([[100, int(218 - x0)]]), tile.shape[:2]))
+
+    image = np.zeros((256, 448), np.uint8)
+    image[0, 192] = 1
+    stitched = predict_tiled(image, tile_cell, tile=256, overlap=64)
+    assert len(stitched) == 1
