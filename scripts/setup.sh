@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Create ./.venv (or $VENV) and install ancis_fast into it, with the native operators when
-# they can be built (CUDA kernels too where nvcc exists), and the test, io and bench extras.
+# they can be built (CUDA kernels too where nvcc exists), and the test, io, bench and dask extras.
 # Quick to run again: when nothing the install depends on has changed (this script, setup.py,
 # pyproject.toml, csrc/, the torch and Python versions, the build settings) and this checkout's
 # package still loads as it did, it stops after a few seconds. FORCE=1 reinstalls anyway.
