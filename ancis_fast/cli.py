@@ -58,6 +58,10 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                         help="segment images Z times enlarged (1-4), in input-size tiles, for crowded small "
                              "nuclei; auto (default): 1.875 for images whose detections are crowded, else 1 "
                              "(the spec's plain resize)")
+    parser.add_argument("--diameter", type=float, default=None, metavar="D",
+                        help="typical nucleus diameter in image px: the image is scaled so that nuclei reach "
+                             "the size the model segments best (instead of --zoom)")
+    parser.add_argument("--min-size", type=int, default=0, metavar="N", help="drop cells of fewer than N px")
 
 
 def _zoom(text: str):
@@ -114,7 +118,7 @@ def build_predictor(args: argparse.Namespace):
     return Predictor(args.weights_det, args.weights_seg, backbone=args.backbone, backend=args.backend,
                      mode=args.mode, device=args.device, precision=getattr(args, "precision", "fp32"),
                      input_size=args.input_size, normalize=args.normalize, calibration=calibration_images(args),
-                     zoom=args.zoom, **detection_options(args))
+                     zoom=args.zoom, diameter=args.diameter, min_size=args.min_size, **detection_options(args))
 
 
 def output_stems(paths: Sequence[Path]) -> List[str]:
@@ -172,12 +176,13 @@ def _predict(args: argparse.Namespace) -> int:
     bar = tqdm(paths, desc="segmenting", unit="file", disable=args.quiet)
     for path, stem in zip(bar, output_stems(paths)):
         try:
-            for suffix, image in iter_frames(path):
+            for suffix, image in tqdm(iter_frames(path), desc=path.name, unit="frame", leave=False,
+                                      disable=args.quiet):
                 name = stem + suffix
                 if args.resume and all(p.exists() for p in output_paths(args.out, name, args.save, args.label_format).values()):
                     skipped += 1
                     continue
-                instances = predictor.predict(image, tile=args.tile, overlap=args.overlap)
+                instances = predictor.predict(image, tile=args.tile, overlap=args.overlap, progress=not args.quiet)
                 bgr8 = to_bgr8(image, predictor.config.normalization) if "overlay" in args.save else None
                 write_instances(instances, args.out, name, args.save, bgr8, args.label_format)
                 frames, cells = frames + 1, cells + len(instances)
