@@ -3,6 +3,7 @@ import cv2
 import numpy as np
 import pytest
 
+import ancis_fast.predictor as predictor_module
 from ancis_fast import Instances
 from ancis_fast.masks import PatchMasks
 from ancis_fast.tiling import predict_tiled, tile_starts
@@ -37,6 +38,19 @@ def disks_image(height, width, seed, extra_centres=()):
             continue
         cv2.circle(image, (int(cx), int(cy)), radius, int(rng.integers(60, 255)), -1)
     return image
+
+
+class RecordingBar:
+    """Stands in for tqdm: counts updates."""
+
+    def __init__(self, total):
+        self.total, self.n, self.closed = total, 0, False
+
+    def update(self, n):
+        self.n += n
+
+    def close(self):
+        self.closed = True
 
 
 def test_tile_starts_cover_the_axis():
@@ -82,15 +96,17 @@ def test_predictor_tiles_are_normalised_with_their_whole_image(monkeypatch, zoom
     image[:, 130:] += 3000  # the right half is much brighter
     predictor = Predictor.from_models(*random_models("resnet18"), backend="eager",
                                       config=PredictorConfig(input_size=(128, 128), zoom=zoom))
-    seen = []
+    seen, bars = [], []
     monkeypatch.setattr(predictor, "_predict_uint8", lambda tile: seen.append(tile) or components(tile))
-    predictor.predict(image, tile=128 if zoom == 1.0 else None, overlap=32)
+    monkeypatch.setattr(predictor_module, "tqdm", lambda total, **_: bars.append(RecordingBar(total)) or bars[-1])
+    predictor.predict(image, tile=128 if zoom == 1.0 else None, overlap=32, progress=True)
     whole = to_uint8(image, predictor.config.normalization)
     if zoom != 1.0:
         whole = cv2.resize(whole, (256, 256), interpolation=cv2.INTER_LINEAR)
     starts_y, starts_x = tile_starts(whole.shape[0], 128, 32), tile_starts(whole.shape[1], 128, 32)
     expected = [whole[y : y + 128, x : x + 128] for y in starts_y for x in starts_x]
     assert len(seen) == len(expected)
+    assert [(bar.total, bar.n, bar.closed) for bar in bars] == [(len(expected), len(expected), True)]
     for got, want in zip(seen, expected):
         np.testing.assert_array_equal(got, want)
 
