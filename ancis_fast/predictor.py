@@ -244,7 +244,8 @@ class Predictor:
             if tile is not None:
                 raise ValueError(f"tile={tile} and diameter={self.config.diameter:g}: give one (with a diameter "
                                  "the scaled image is segmented in input-size tiles)")
-            scale = diameter_scale(self.config.diameter, self.config.prior_height or self.config.input_size[0])
+            scale = diameter_scale(self.config.diameter, self.config.prior_height or self.config.input_size[0],
+                                   array.shape[:2], self.config.input_size)
             found = self._segment_resized(array, scaled_size(array.shape[:2], scale), overlap, on_tile)
             found.meta["scale"] = scale
         elif tile is not None or max(array.shape[:2]) > self.auto_tile_above:

@@ -34,9 +34,10 @@ MAX_ZOOM = 4.0
 # nucleus diameter (px of a 512 px network input; priors scale with the input height,
 # spec §3) the bundled model segments best; it was trained on 6-60 px nuclei at a 512
 # input (README, "Zoom", measures the choice)
-BEST_DIAMETER = 24.0
+BEST_DIAMETER = 36.0
 BEST_DIAMETER_HEIGHT = 512
 MIN_SCALE, MAX_SCALE = 1 / 16, 8.0  # image px -> network px factors a diameter may ask for
+FIT_SLACK = 1.125  # a scaled image at most this much larger than the input is fitted to it
 
 Zoom = Union[str, float]
 
@@ -108,10 +109,20 @@ def check_diameter(diameter: Optional[float]) -> Optional[float]:
     return float(diameter)
 
 
-def diameter_scale(diameter: float, prior_height: int = BEST_DIAMETER_HEIGHT) -> float:
+def diameter_scale(diameter: float, prior_height: int = BEST_DIAMETER_HEIGHT,
+                   image_size: Optional[Tuple[int, int]] = None, input_size: Optional[Tuple[int, int]] = None) -> float:
     """Factor (network px per image px) that brings nuclei of ``diameter`` image px to
-    :data:`BEST_DIAMETER` at a network whose priors are sized for ``prior_height``."""
-    return BEST_DIAMETER * prior_height / BEST_DIAMETER_HEIGHT / diameter
+    :data:`BEST_DIAMETER` at a network whose priors are sized for ``prior_height``.
+
+    Given ``image_size`` and ``input_size`` (``(H, W)``), a factor that would make the image
+    at most :data:`FIT_SLACK` times the input is lowered to fit the input: one tile instead
+    of four, for nuclei at most 11 % smaller."""
+    scale = BEST_DIAMETER * prior_height / BEST_DIAMETER_HEIGHT / diameter
+    if image_size is not None and input_size is not None:
+        fit = min(i / (s * scale) for s, i in zip(image_size, input_size))
+        if 1 / FIT_SLACK <= fit < 1:
+            scale *= fit
+    return scale
 
 
 def scaled_size(image_size: Tuple[int, int], scale: float) -> Tuple[int, int]:
