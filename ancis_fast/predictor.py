@@ -334,7 +334,7 @@ class Predictor:
 
         Returns an iterator of :class:`Instances` in input order (frames discarded under
         ``drop_oldest`` are skipped); ``.stats.summary()`` gives latency and FPS. Frames are
-        segmented whole at zoom 1 (no tiling, no zoom: the same cost for every frame).
+        segmented whole at zoom 1 (no tiling, zoom or diameter: the same cost for every frame).
         """
         return FrameStream(frames, self._prepare, lambda batch, size: self._finish(self._infer(batch, size)),
                            max_queue, drop_oldest, pin_memory=self.device.type == "cuda")
