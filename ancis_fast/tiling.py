@@ -166,24 +166,21 @@ def _best_views(candidates: List[_Candidate]) -> List[_Candidate]:
     duplicate of a cut cell is the other part of a cell wider than the overlap: it is
     joined to it."""
     order = sorted(candidates, key=lambda c: (-c.margin, -c.score))
-    extents = np.array([c.extent for c in order], np.int64).reshape(-1, 4)
+    e = np.array([c.extent for c in order], np.int64).reshape(-1, 4)
     tiles = np.array([c.tile for c in order], np.int64)
-    kept: List[int] = []
+    kept = np.zeros(len(order), bool)
     for i, cand in enumerate(order):
-        if kept:
-            taken = np.array(kept)
-            e = extents[taken]
-            near = taken[(e[:, 0] < extents[i, 2]) & (extents[i, 0] < e[:, 2]) & (e[:, 1] < extents[i, 3])
-                         & (extents[i, 1] < e[:, 3]) & (tiles[taken] != cand.tile)]
-            shared = [(_intersection(cand, order[k]), k) for k in near]
-            if sum(n for n, _ in shared) > DUPLICATE_COVER * cand.patch.sum():
-                k = max(shared)[1]
-                if cand.margin <= EDGE_TOUCH and order[k].margin <= EDGE_TOUCH:
-                    order[k] = _joined(order[k], cand)
-                    extents[k] = order[k].extent
-                continue
-        kept.append(i)
-    return [order[i] for i in kept]
+        near = np.flatnonzero(kept & (tiles != cand.tile) & (e[:, 0] < e[i, 2]) & (e[i, 0] < e[:, 2])
+                              & (e[:, 1] < e[i, 3]) & (e[i, 1] < e[:, 3]))
+        shared = [(_intersection(cand, order[k]), k) for k in near]
+        if shared and sum(n for n, _ in shared) > DUPLICATE_COVER * cand.patch.sum():
+            k = max(shared)[1]
+            if cand.margin <= EDGE_TOUCH and order[k].margin <= EDGE_TOUCH:
+                order[k] = _joined(order[k], cand)
+                e[k] = order[k].extent
+            continue
+        kept[i] = True
+    return [c for c, keep in zip(order, kept) if keep]
 
 
 def _joined(a: _Candidate, b: _Candidate) -> _Candidate:
