@@ -170,15 +170,23 @@ def _best_views(candidates: List[_Candidate]) -> List[_Candidate]:
     tiles = np.array([c.tile for c in order], np.int64)
     kept = np.zeros(len(order), bool)
     for i, cand in enumerate(order):
-        near = np.flatnonzero(kept & (tiles != cand.tile) & (e[:, 0] < e[i, 2]) & (e[i, 0] < e[:, 2])
-                              & (e[:, 1] < e[i, 3]) & (e[i, 1] < e[:, 3]))
-        shared = [(_intersection(cand, order[k]), k) for k in near]
-        if shared and sum(n for n, _ in shared) > DUPLICATE_COVER * cand.patch.sum():
-            k = max(shared)[1]
-            if cand.margin <= EDGE_TOUCH and order[k].margin <= EDGE_TOUCH:
-                order[k] = _joined(order[k], cand)
-                e[k] = order[k].extent
-            continue
+        overlap_h = np.minimum(e[:, 2], e[i, 2]) - np.maximum(e[:, 0], e[i, 0])
+        overlap_w = np.minimum(e[:, 3], e[i, 3]) - np.maximum(e[:, 1], e[i, 1])
+        bound = np.where(kept & (tiles != cand.tile) & (overlap_h > 0) & (overlap_w > 0), overlap_h * overlap_w, 0)
+        limit = DUPLICATE_COVER * cand.patch.sum()
+        if bound.sum() > limit:  # else the shared pixels cannot reach the limit: no pixel work
+            shared, covered = [], 0
+            for k in np.flatnonzero(bound)[np.argsort(-bound[bound > 0], kind="stable")]:
+                shared.append((_intersection(cand, order[k]), k))
+                covered += shared[-1][0]
+                if covered > limit:
+                    k = max(shared)[1]
+                    if cand.margin <= EDGE_TOUCH and order[k].margin <= EDGE_TOUCH:
+                        order[k] = _joined(order[k], cand)
+                        e[k] = order[k].extent
+                    break
+            if covered > limit:
+                continue
         kept[i] = True
     return [c for c, keep in zip(order, kept) if keep]
 
