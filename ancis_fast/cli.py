@@ -66,6 +66,10 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                         help="segment images Z times enlarged (1-4), in input-size tiles, for crowded small "
                              "nuclei; auto (default): 1.875 for images whose detections are crowded, else 1 "
                              "(the spec's plain resize)")
+    parser.add_argument("--diameter", type=float, default=None, metavar="D",
+                        help="typical nucleus diameter in image px: the image is scaled so that nuclei reach "
+                             "the size the model segments best (instead of --zoom)")
+    parser.add_argument("--min-size", type=int, default=0, metavar="N", help="drop cells of fewer than N px")
 
 
 def _positive_int(text: str) -> int:
@@ -143,7 +147,8 @@ def predictor_options(args: argparse.Namespace) -> dict:
     return dict(detector_weights=args.weights_det, segmenter_weights=args.weights_seg, backbone=args.backbone,
                 backend=args.backend, mode=args.mode, device=args.device,
                 precision=getattr(args, "precision", "fp32"), input_size=args.input_size, normalize=args.normalize,
-                calibration=calibration_images(args), zoom=args.zoom, **detection_options(args))
+                calibration=calibration_images(args), zoom=args.zoom, diameter=getattr(args, "diameter", None),
+                min_size=getattr(args, "min_size", 0), **detection_options(args))
 
 
 def build_predictor(args: argparse.Namespace):
@@ -266,16 +271,18 @@ class _Run:
 
 def _predict_input(args: argparse.Namespace, predictor, path: Path, stem: str, run: _Run) -> None:
     """Segment and write every frame of one input (``--resume`` skips finished frames)."""
+    from tqdm import tqdm
+
     from .io.readers import iter_frames
     from .io.writers import output_paths, write_instances
     from .pipeline.preprocess import to_bgr8
 
-    for suffix, image in iter_frames(path):
+    for suffix, image in tqdm(iter_frames(path), desc=path.name, unit="frame", leave=False, disable=args.quiet):
         name = stem + suffix
         if args.resume and all(p.exists() for p in output_paths(args.out, name, args.save, args.label_format).values()):
             run.skipped += 1
             continue
-        instances = predictor.predict(image, tile=args.tile, overlap=args.overlap)
+        instances = predictor.predict(image, tile=args.tile, overlap=args.overlap, progress=not args.quiet)
         bgr8 = to_bgr8(image, predictor.config.normalization) if "overlay" in args.save else None
         write_instances(instances, args.out, name, args.save, bgr8, args.label_format)
         run.frames, run.cells = run.frames + 1, run.cells + len(instances)

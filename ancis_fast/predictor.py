@@ -23,8 +23,8 @@ from .pipeline import reference
 from .pipeline.fast import CROP_SIZES, MODES, FastPipeline, check_crop_sizes
 from .pipeline.preprocess import Normalization, preprocess, to_uint8
 from .streaming import FrameStream
-from .tiling import predict_tiled
-from .zoom import AUTO, Zoom, auto_zoom, check_zoom, zoomed_size
+from .tiling import TileCallback, predict_tiled
+from .zoom import AUTO, Zoom, auto_zoom, check_diameter, check_zoom, diameter_scale, scaled_size, zoomed_size
 
 AUTO_TILE_ABOVE = 2048  # px; larger images are tiled at native resolution
 STAGES = ("preprocess", "detector", "detect", "mask", "paste")
@@ -56,6 +56,11 @@ class PredictorConfig:
     ``zoom``: ``"auto"`` (default) or a factor from 1 to 4 by which images are enlarged
     (beyond the spec's resize to ``input_size``) and segmented in input-size tiles, for
     crowded small nuclei; 1 is the spec's behaviour. See :mod:`ancis_fast.zoom`.
+
+    ``diameter`` (image px, ``None``: unknown): the typical nucleus diameter; the image is
+    scaled so that nuclei reach the size the model segments best and is segmented in
+    input-size tiles, instead of ``zoom``. ``min_size`` (px): cells that show fewer pixels
+    in the label image (after overlaps are resolved) are dropped.
     """
 
     input_size: Tuple[int, int] = (512, 512)
@@ -70,11 +75,19 @@ class PredictorConfig:
     max_detections: int = 1000
     crop_sizes: Tuple[int, ...] = CROP_SIZES
     zoom: Zoom = AUTO
+    diameter: Optional[float] = None
+    min_size: int = 0
 
     def __post_init__(self) -> None:
         check_precision(self.precision)
         object.__setattr__(self, "zoom", check_zoom(self.zoom))
         object.__setattr__(self, "crop_sizes", check_crop_sizes(self.crop_sizes))
+        object.__setattr__(self, "diameter", check_diameter(self.diameter))
+        if self.diameter is not None and self.zoom != AUTO:
+            raise ValueError(f"zoom={self.zoom!r} and diameter={self.diameter!r}: give one (a diameter sets the "
+                             f"scale itself)")
+        if isinstance(self.min_size, bool) or not isinstance(self.min_size, (int, np.integer)) or self.min_size < 0:
+            raise ValueError(f"min_size={self.min_size!r}; expected a whole number of pixels >= 0")
         if self.max_candidates is not None and self.max_candidates < 1:
             raise ValueError(f"max_candidates={self.max_candidates}; expected None (all) or a count >= 1")
         if self.max_detections < 1:
@@ -137,6 +150,10 @@ class Predictor:
         zoom: ``"auto"`` (default: crowded images of small nuclei are segmented again
             enlarged 1.875x, see :mod:`ancis_fast.zoom`), or a fixed factor from 1
             (the spec's plain resize to ``input_size``) to 4.
+        diameter: typical nucleus diameter in image pixels (``None``: unknown, ``zoom``
+            decides); the image is scaled so that nuclei measure ``zoom.BEST_DIAMETER`` px
+            at the network and segmented in input-size tiles (``meta["scale"]``).
+        min_size: drop cells that show fewer pixels in the label image (default 0: keep all).
     """
 
     def __init__(
@@ -158,6 +175,8 @@ class Predictor:
         max_detections: int = 1000,
         calibration: Optional[Sequence[ImageInput]] = None,
         zoom: Zoom = AUTO,
+        diameter: Optional[float] = None,
+        min_size: int = 0,
     ):
         if (detector_weights is None) != (segmenter_weights is None):
             raise ValueError("give both detector_weights and segmenter_weights (CLI: --weights-det and --weights-seg), "
@@ -169,7 +188,8 @@ class Predictor:
         segmenter = load_weights(build_segmenter(backbone), segmenter_weights)
         self._setup(detector, segmenter, backend, device, PredictorConfig(
             tuple(input_size), conf_thresh, nms_thresh, seg_thresh, Normalization(normalize, tuple(percentiles)), mode,
-            precision=precision, max_candidates=max_candidates, max_detections=max_detections, zoom=zoom), calibration)
+            precision=precision, max_candidates=max_candidates, max_detections=max_detections, zoom=zoom,
+            diameter=diameter, min_size=min_size), calibration)
 
     @classmethod
     def from_models(cls, detector: nn.Module, segmenter: nn.Module, backend: str = AUTO_BACKEND,
@@ -203,28 +223,51 @@ class Predictor:
         self.stage_timer: Callable[..., Any] = _untimed
         self._lock = threading.Lock()
 
-    def predict(self, image: ImageInput, tile: Optional[int] = None, overlap: int = 64) -> Instances:
+    def predict(self, image: ImageInput, tile: Optional[int] = None, overlap: int = 64,
+                progress: bool = False) -> Instances:
         """Segment one image (path or array); see :class:`~ancis_fast.Instances`.
 
         The image is resized to the input size (spec §1), or enlarged further and segmented
         in tiles as ``config.zoom`` says (``meta["zoom"]`` of the result gives the factor
-        used). Images whose longer side exceeds ``auto_tile_above`` (default 2048 px), or
-        any image when ``tile`` is given, are instead segmented in ``tile x tile`` pieces at
-        native resolution (default: the input size) that overlap by ``overlap`` px and are
-        stitched so that a cell on a seam is one instance (see :mod:`ancis_fast.tiling`).
+        used), or scaled as ``config.diameter`` says and segmented in input-size tiles
+        (``meta["scale"]``). Images whose longer side exceeds ``auto_tile_above`` (default
+        2048 px), or any image when ``tile`` is given, are instead segmented in ``tile x
+        tile`` pieces at native resolution (default: the input size) that overlap by
+        ``overlap`` px (at least the largest cell) and are stitched so that every cell comes
+        whole from one tile (see :mod:`ancis_fast.tiling`). ``progress`` shows a bar of the
+        tiles. Cells that would show fewer than ``config.min_size`` px in the label image
+        are dropped.
         """
         array = self._load(image)
-        if tile is None and max(array.shape[:2]) > self.auto_tile_above:
-            tile = max(self.config.input_size)
-        if tile is not None:
-            return predict_tiled(to_uint8(array, self.config.normalization), self._predict_uint8, tile, overlap)
-        return self._zoom(array, None if self._always_zooms() else self._predict_array(array), overlap)
+        on_tile = _tile_bar() if progress else None
+        if self.config.diameter is not None:
+            if tile is not None:
+                raise ValueError(f"tile={tile} and diameter={self.config.diameter:g}: give one (with a diameter "
+                                 "the scaled image is segmented in input-size tiles)")
+            scale = diameter_scale(self.config.diameter, self.config.prior_height or self.config.input_size[0],
+                                   array.shape[:2], self.config.input_size)
+            found = self._segment_resized(array, scaled_size(array.shape[:2], scale), overlap, on_tile)
+            found.meta["scale"] = scale
+        elif tile is not None or max(array.shape[:2]) > self.auto_tile_above:
+            found = predict_tiled(to_uint8(array, self.config.normalization), self._predict_uint8,
+                                  tile or max(self.config.input_size), overlap, on_tile)
+        else:
+            found = self._zoom(array, None if self._always_zooms() else self._predict_array(array), overlap,
+                               on_tile)
+        return self._finish(found)
+
+    def _finish(self, found: Instances) -> Instances:
+        """``found`` without the cells whose visible part (after overlaps are resolved, see
+        :meth:`Instances.visible`) has fewer than ``config.min_size`` px. Dropping a cell
+        only uncovers others, so every cell left shows at least ``min_size`` px."""
+        return found[found.visible().areas >= self.config.min_size] if self.config.min_size else found
 
     def _always_zooms(self) -> bool:
-        """A fixed zoom above 1: no plain pass is needed first."""
-        return self.config.zoom not in (AUTO, 1.0)
+        """A fixed zoom above 1 or a diameter: no plain pass is needed first."""
+        return self.config.diameter is not None or self.config.zoom not in (AUTO, 1.0)
 
-    def _zoom(self, array: np.ndarray, first: Optional[Instances], overlap: int) -> Instances:
+    def _zoom(self, array: np.ndarray, first: Optional[Instances], overlap: int,
+              on_tile: Optional[TileCallback] = None) -> Instances:
         """The result ``config.zoom`` asks for, given ``first`` (``array`` segmented at zoom
         1; ``None`` for a fixed zoom above 1)."""
         zoom = self.config.zoom
@@ -233,13 +276,19 @@ class Predictor:
         if zoom == 1.0:
             first.meta["zoom"] = 1.0
             return first
-        image = to_uint8(array, self.config.normalization)
-        height, width = zoomed_size(self.config.input_size, zoom)
-        enlarged = cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR)
-        found = predict_tiled(enlarged, self._predict_uint8, min(self.config.input_size), overlap)
-        found = found[: self.config.max_detections].resized(image.shape[:2])  # the limit is per image, not per tile
+        found = self._segment_resized(array, zoomed_size(self.config.input_size, zoom), overlap, on_tile)
         found.meta["zoom"] = zoom
         return found
+
+    def _segment_resized(self, array: np.ndarray, size: Tuple[int, int], overlap: int,
+                         on_tile: Optional[TileCallback]) -> Instances:
+        """``array`` converted to 8-bit as a whole, resized to ``size`` ``(H, W)``, segmented
+        in input-size tiles and mapped back to its own size."""
+        image = to_uint8(array, self.config.normalization)
+        shrink = size[0] * size[1] < image.shape[0] * image.shape[1]
+        resized = cv2.resize(image, (size[1], size[0]), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+        found = predict_tiled(resized, self._predict_uint8, min(self.config.input_size), overlap, on_tile)
+        return found[: self.config.max_detections].resized(image.shape[:2])  # the limit is per image, not per tile
 
     def predict_batch(self, images: Sequence[ImageInput], tile: Optional[int] = None, overlap: int = 64,
                       batch_size: int = 8, progress: bool = False) -> List[Instances]:
@@ -264,7 +313,7 @@ class Predictor:
                 with self._lock:
                     found = self._predict_fast(batch.to(self.device), [p[1] for p in prepared])
                 for offset, instances in zip(whole, found):
-                    results[start + offset] = self._zoom(arrays[offset], instances, overlap)
+                    results[start + offset] = self._finish(self._zoom(arrays[offset], instances, overlap))
             bar.update(len(arrays))
         bar.close()
         return results  # type: ignore[return-value]
@@ -285,10 +334,10 @@ class Predictor:
 
         Returns an iterator of :class:`Instances` in input order (frames discarded under
         ``drop_oldest`` are skipped); ``.stats.summary()`` gives latency and FPS. Frames are
-        segmented whole at zoom 1 (no tiling, no zoom: the same cost for every frame).
+        segmented whole at zoom 1 (no tiling, zoom or diameter: the same cost for every frame).
         """
-        return FrameStream(frames, self._prepare, self._infer, max_queue, drop_oldest,
-                           pin_memory=self.device.type == "cuda")
+        return FrameStream(frames, self._prepare, lambda batch, size: self._finish(self._infer(batch, size)),
+                           max_queue, drop_oldest, pin_memory=self.device.type == "cuda")
 
     @staticmethod
     def _load(image: ImageInput) -> np.ndarray:
@@ -410,6 +459,21 @@ def _check_calibration(config: PredictorConfig,
     if len(images) == 0:
         raise ValueError("int8 calibration needs at least one image")
     return list(images)
+
+
+def _tile_bar() -> TileCallback:
+    """A :data:`~ancis_fast.tiling.TileCallback` that shows a tqdm bar of the tiles."""
+    bar: Optional[tqdm] = None
+
+    def update(done: int, total: int) -> None:
+        nonlocal bar
+        if bar is None:
+            bar = tqdm(total=total, desc="tiles", unit="tile", leave=False)
+        bar.update(1)
+        if done == total:
+            bar.close()
+
+    return update
 
 
 def _untimed(stage: str, fn: Callable[..., Any], *args: Any) -> Any:

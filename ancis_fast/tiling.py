@@ -1,24 +1,44 @@
-"""Segmenting images larger than the network input, tile by tile, with seam stitching.
+"""Segmenting images larger than the network input, tile by tile, so that every cell is
+segmented by a tile that holds all of it.
 
-Tiles of ``tile x tile`` pixels overlap by ``overlap``. Each image point is *owned* by
-exactly one tile: the seam between two tiles runs through the middle of their overlap.
-A cell is kept from the tile that owns its box centre, so a cell that crosses a seam is
-taken whole from one tile (if it reaches less than ``overlap / 2`` past the seam) instead
-of as two halves. Near-duplicates that two tiles still both report (their centres fall on
-either side of the seam) are resolved by mask IoU, keeping the one seen farther from its
-tile's border. Memory is bounded by one tile plus the cells' mask patches.
+Tiles of ``tile x tile`` pixels overlap by ``overlap``. Along one axis, a cell no wider
+than the overlap lies whole inside at least one of two neighbouring tiles, so with
+``overlap`` at least the largest cell every cell has a tile that sees all of it. Stitching
+takes each cell from its *best view*:
+
+1. every tile's cells are candidates; a candidate whose mask reaches within
+   :data:`EDGE_TOUCH` px of one of its tile's inner edges (an edge that is not the image
+   border) is *cut* by that tile, and is dropped when another tile holds its whole box
+   away from that tile's inner edges (the cell is there in full);
+2. candidates are taken in order of their margin (the distance from the mask to the
+   nearest inner edge of its tile; largest first, ties to the higher score), and one is
+   a duplicate, and dropped, when more than :data:`DUPLICATE_COVER` of its pixels already
+   belong to cells taken from *other* tiles (the same cell seen again, whole or cut, or
+   split or merged differently). Cells of one tile never suppress each other. A cut
+   duplicate of a cut cell is the other part of a cell wider than the overlap (no tile
+   holds it whole): the two parts are joined.
+
+So where the seams fall changes which tile a cell comes from, not whether it is whole.
+Tiles smaller than ``tile`` (an image smaller than a tile along an axis) are padded with
+the tile's median to ``tile x tile``, so the network always sees them at native
+resolution. Memory is bounded by one tile plus the cells' mask patches.
 """
 from __future__ import annotations
 
-from typing import Callable, List, Tuple
+from dataclasses import dataclass
+from typing import Callable, List, Optional, Tuple
 
 import numpy as np
 
 from .instances import Instances
-from .masks import PatchMasks
+from .masks import PatchMasks, tight_patch
 
-DUPLICATE_IOU = 0.3
-SEAM_MARGIN = 4  # px beyond the seam in which a centre still counts, so no cell falls between tiles
+EDGE_TOUCH = 2  # px: a mask this close to a tile's inner edge is cut by it
+DUPLICATE_COVER = 0.5  # share of a candidate's pixels already taken from other tiles that makes it a duplicate
+
+#: ``on_tile(done, total)``, called after each tile (progress bars)
+TileCallback = Callable[[int, int], None]
+Window = Tuple[int, int, int, int]  # (y1, x1, y2, x2) of a tile in image pixels
 
 
 def tile_starts(length: int, tile: int, overlap: int) -> List[int]:
@@ -31,84 +51,163 @@ def tile_starts(length: int, tile: int, overlap: int) -> List[int]:
     return starts + [length - tile]
 
 
-def _ownership(starts: List[int], tile: int, length: int) -> List[Tuple[float, float]]:
-    """``[lo, hi)`` owned by each tile along one axis: seams halfway through overlaps."""
-    bounds = []
-    for i, start in enumerate(starts):
-        lo = 0.0 if i == 0 else (start + starts[i - 1] + tile) / 2
-        hi = float(length) if i == len(starts) - 1 else (starts[i + 1] + start + tile) / 2
-        bounds.append((lo, hi))
-    return bounds
+def tile_windows(height: int, width: int, tile: int, overlap: int) -> List[Window]:
+    """``(y1, x1, y2, x2)`` of every tile of an ``height x width`` image, row by row."""
+    return [(y, x, min(y + tile, height), min(x + tile, width))
+            for y in tile_starts(height, tile, overlap) for x in tile_starts(width, tile, overlap)]
+
+
+@dataclass
+class _Candidate:
+    score: float
+    box: np.ndarray  # detection box (y1, x1, y2, x2), image pixels
+    patch: np.ndarray  # tight bool mask patch
+    origin: Tuple[int, int]  # patch's top-left (y, x), image pixels
+    label: int
+    tile: int  # index of the tile it was found in
+    margin: float  # px from the mask to its tile's nearest inner edge (inf: none)
+
+    @property
+    def extent(self) -> Tuple[int, int, int, int]:
+        """The mask's bounding box ``(y1, x1, y2, x2)``, end-exclusive."""
+        return (self.origin[0], self.origin[1], self.origin[0] + self.patch.shape[0],
+                self.origin[1] + self.patch.shape[1])
 
 
 def predict_tiled(image: np.ndarray, predict_tile: Callable[[np.ndarray], Instances], tile: int = 512,
-                  overlap: int = 64) -> Instances:
+                  overlap: int = 64, on_tile: Optional[TileCallback] = None) -> Instances:
     """Segment ``image`` (``HxW[xC]``) tile by tile with ``predict_tile`` and stitch.
 
     Args:
-        predict_tile: segments one tile array; returns Instances in tile pixels.
-        tile, overlap: tile side and overlap in image pixels (``overlap`` should exceed
-            the largest cell diameter).
+        predict_tile: segments one ``tile x tile`` array; returns Instances in tile pixels.
+        tile, overlap: tile side and overlap in image pixels; ``overlap`` should be at
+            least the largest cell's diameter (see the module docstring).
+        on_tile: called as ``on_tile(done, total)`` after each tile.
     Returns:
-        Instances in image pixels, sorted by descending score.
+        Instances in image pixels, sorted by descending score; cells without a mask pixel
+        are left out.
     """
     height, width = image.shape[:2]
-    ys, xs = tile_starts(height, tile, overlap), tile_starts(width, tile, overlap)
-    own_y, own_x = _ownership(ys, tile, height), _ownership(xs, tile, width)
-    kept = []  # (score, box, patch, origin, label, distance to tile border, near a seam)
-    for y0, (ylo, yhi) in zip(ys, own_y):
-        for x0, (xlo, xhi) in zip(xs, own_x):
-            found = predict_tile(image[y0 : y0 + tile, x0 : x0 + tile])
-            th, tw = found.image_size
-            for i in range(len(found)):
-                y1, x1, y2, x2 = found.boxes[i]
-                cy, cx = (y1 + y2) / 2 + y0, (x1 + x2) / 2 + x0
-                if not (ylo - SEAM_MARGIN <= cy < yhi + SEAM_MARGIN and xlo - SEAM_MARGIN <= cx < xhi + SEAM_MARGIN):
-                    continue
-                # twice the keeping margin: two tiles place one cell's centre a little differently, and
-                # a cell that both keep must be compared as near the seam in both
-                near_seam = min(cy - ylo if ylo > 0 else np.inf, yhi - cy if yhi < height else np.inf,
-                                cx - xlo if xlo > 0 else np.inf, xhi - cx if xhi < width else np.inf) < 2 * SEAM_MARGIN
-                border = min(y1 if y0 > 0 else np.inf, x1 if x0 > 0 else np.inf,
-                             th - y2 if y0 + th < height else np.inf, tw - x2 if x0 + tw < width else np.inf)
-                kept.append((float(found.scores[i]), found.boxes[i] + np.array([y0, x0, y0, x0], np.float32),
-                             found.mask_patches.patches[i], found.mask_patches.origins[i] + (y0, x0),
-                             int(found.labels[i]), float(border), bool(near_seam)))
-    kept = _drop_duplicates(kept)
-    kept.sort(key=lambda k: -k[0])
+    windows = tile_windows(height, width, tile, overlap)
+    candidates: List[_Candidate] = []
+    for index, window in enumerate(windows):
+        found = predict_tile(_padded(image[window[0] : window[2], window[1] : window[3]], tile))
+        candidates += _candidates(found, index, window, (height, width))
+        if on_tile is not None:
+            on_tile(index + 1, len(windows))
+    kept = _best_views([c for c in candidates if not _cut_but_whole_elsewhere(c, windows, (height, width))])
+    kept.sort(key=lambda c: -c.score)
     if not kept:
         return Instances.empty((height, width))
-    masks = PatchMasks([k[2] for k in kept], np.array([k[3] for k in kept]), (height, width))
-    return Instances(np.stack([k[1] for k in kept]), np.array([k[0] for k in kept]), masks,
-                     np.array([k[4] for k in kept]))
+    masks = PatchMasks([c.patch for c in kept], np.array([c.origin for c in kept]), (height, width))
+    return Instances(np.stack([c.box for c in kept]), np.array([c.score for c in kept]), masks,
+                     np.array([c.label for c in kept]))
 
 
-def _patch_iou(a_patch, a_origin, b_patch, b_origin) -> float:
-    y0, x0 = max(a_origin[0], b_origin[0]), max(a_origin[1], b_origin[1])
-    y1 = min(a_origin[0] + a_patch.shape[0], b_origin[0] + b_patch.shape[0])
-    x1 = min(a_origin[1] + a_patch.shape[1], b_origin[1] + b_patch.shape[1])
+def _padded(window: np.ndarray, tile: int) -> np.ndarray:
+    """``window`` padded at the bottom and right to ``tile x tile`` with its median (per
+    channel): an image smaller than a tile is segmented at native resolution too."""
+    pad_y, pad_x = tile - window.shape[0], tile - window.shape[1]
+    if pad_y <= 0 and pad_x <= 0:
+        return window
+    fill = np.median(window.reshape(-1, *window.shape[2:]), axis=0).astype(window.dtype)
+    out = np.empty((max(tile, window.shape[0]), max(tile, window.shape[1]), *window.shape[2:]), window.dtype)
+    out[...] = fill
+    out[: window.shape[0], : window.shape[1]] = window
+    return out
+
+
+def _candidates(found: Instances, index: int, window: Window, image_size: Tuple[int, int]) -> List[_Candidate]:
+    """``found`` (tile pixels) as candidates in image pixels; masks clipped to the window
+    (the padding) and cells without a pixel left out."""
+    y0, x0 = window[0], window[1]
+    h, w = window[2] - y0, window[3] - x0
+    out = []
+    for i in range(len(found)):
+        (py, px), patch = found.mask_patches.origins[i], found.mask_patches.patches[i]
+        patch, (ty, tx) = tight_patch(patch[: max(0, h - py), : max(0, w - px)])
+        if not patch.size:
+            continue
+        origin = (int(py + ty + y0), int(px + tx + x0))
+        box = np.minimum(found.boxes[i], [h, w, h, w]) + np.array([y0, x0, y0, x0], np.float32)
+        extent = (origin[0], origin[1], origin[0] + patch.shape[0], origin[1] + patch.shape[1])
+        out.append(_Candidate(float(found.scores[i]), box, patch, origin, int(found.labels[i]), index,
+                              _margin(extent, window, image_size)))
+    return out
+
+
+def _margin(extent: Tuple[int, int, int, int], window: Window, image_size: Tuple[int, int]) -> float:
+    """Distance (px) from a mask's ``extent`` to the nearest inner edge of ``window``
+    (negative when it leaves the window); ``inf`` when the window has no inner edge."""
+    gaps = []
+    if window[0] > 0:
+        gaps.append(extent[0] - window[0])
+    if window[1] > 0:
+        gaps.append(extent[1] - window[1])
+    if window[2] < image_size[0]:
+        gaps.append(window[2] - extent[2])
+    if window[3] < image_size[1]:
+        gaps.append(window[3] - extent[3])
+    inside = window[0] <= extent[0] and window[1] <= extent[1] and extent[2] <= window[2] and extent[3] <= window[3]
+    return (float(min(gaps)) if gaps else np.inf) if inside else -1.0
+
+
+def _cut_but_whole_elsewhere(candidate: _Candidate, windows: List[Window], image_size: Tuple[int, int]) -> bool:
+    """A candidate cut by its tile's edge whose pixels another tile holds away from its edges."""
+    if candidate.margin > EDGE_TOUCH:
+        return False
+    return any(_margin(candidate.extent, window, image_size) > EDGE_TOUCH
+               for k, window in enumerate(windows) if k != candidate.tile)
+
+
+def _best_views(candidates: List[_Candidate]) -> List[_Candidate]:
+    """Greedy in order of margin (then score): keep a candidate unless more than
+    :data:`DUPLICATE_COVER` of its pixels are already taken from other tiles. A cut
+    duplicate of a cut cell is the other part of a cell wider than the overlap: it is
+    joined to it."""
+    order = sorted(candidates, key=lambda c: (-c.margin, -c.score))
+    e = np.array([c.extent for c in order], np.int64).reshape(-1, 4)
+    tiles = np.array([c.tile for c in order], np.int64)
+    kept = np.zeros(len(order), bool)
+    for i, cand in enumerate(order):
+        overlap_h = np.minimum(e[:, 2], e[i, 2]) - np.maximum(e[:, 0], e[i, 0])
+        overlap_w = np.minimum(e[:, 3], e[i, 3]) - np.maximum(e[:, 1], e[i, 1])
+        bound = np.where(kept & (tiles != cand.tile) & (overlap_h > 0) & (overlap_w > 0), overlap_h * overlap_w, 0)
+        limit = DUPLICATE_COVER * cand.patch.sum()
+        if bound.sum() > limit:  # else the shared pixels cannot reach the limit: no pixel work
+            shared, covered = [], 0
+            for k in np.flatnonzero(bound)[np.argsort(-bound[bound > 0], kind="stable")]:
+                shared.append((_intersection(cand, order[k]), k))
+                covered += shared[-1][0]
+                if covered > limit:
+                    k = max(shared)[1]
+                    if cand.margin <= EDGE_TOUCH and order[k].margin <= EDGE_TOUCH:
+                        order[k] = _joined(order[k], cand)
+                        e[k] = order[k].extent
+                    break
+            if covered > limit:
+                continue
+        kept[i] = True
+    return [c for c, keep in zip(order, kept) if keep]
+
+
+def _joined(a: _Candidate, b: _Candidate) -> _Candidate:
+    """``a`` with ``b``'s mask pixels and box added (two tiles' parts of one cell)."""
+    top, left = min(a.origin[0], b.origin[0]), min(a.origin[1], b.origin[1])
+    bottom, right = max(a.extent[2], b.extent[2]), max(a.extent[3], b.extent[3])
+    patch = np.zeros((bottom - top, right - left), bool)
+    for part in (a, b):
+        patch[part.origin[0] - top : part.extent[2] - top, part.origin[1] - left : part.extent[3] - left] |= part.patch
+    box = np.concatenate([np.minimum(a.box[:2], b.box[:2]), np.maximum(a.box[2:], b.box[2:])])
+    return _Candidate(a.score, box, patch, (top, left), a.label, a.tile, a.margin)
+
+
+def _intersection(a: _Candidate, b: _Candidate) -> int:
+    """Pixels two candidates' masks share."""
+    y0, x0 = max(a.origin[0], b.origin[0]), max(a.origin[1], b.origin[1])
+    y1 = min(a.origin[0] + a.patch.shape[0], b.origin[0] + b.patch.shape[0])
+    x1 = min(a.origin[1] + a.patch.shape[1], b.origin[1] + b.patch.shape[1])
     if y1 <= y0 or x1 <= x0:
-        return 0.0
-    inter = np.logical_and(a_patch[y0 - a_origin[0] : y1 - a_origin[0], x0 - a_origin[1] : x1 - a_origin[1]],
-                           b_patch[y0 - b_origin[0] : y1 - b_origin[0], x0 - b_origin[1] : x1 - b_origin[1]]).sum()
-    union = a_patch.sum() + b_patch.sum() - inter
-    return float(inter / union) if union else 0.0
-
-
-def _drop_duplicates(kept: list) -> list:
-    """Among cells near a seam (only those can be reported by two tiles) whose masks
-    overlap by IoU > DUPLICATE_IOU, keep the one farthest from its tile's border (best
-    context), ties to the higher score."""
-    interior = [k for k in kept if not k[6]]
-    seam = sorted((k for k in kept if k[6]), key=lambda k: (-k[5], -k[0]))
-    survivors: list = []
-    for cell in seam:
-        box, patch, origin = cell[1], cell[2], cell[3]
-        duplicate = any(
-            box[0] < other[1][2] and other[1][0] < box[2] and box[1] < other[1][3] and other[1][1] < box[3]
-            and _patch_iou(patch, origin, other[2], other[3]) > DUPLICATE_IOU
-            for other in survivors
-        )
-        if not duplicate:
-            survivors.append(cell)
-    return interior + survivors
+        return 0
+    return int(np.logical_and(a.patch[y0 - a.origin[0] : y1 - a.origin[0], x0 - a.origin[1] : x1 - a.origin[1]],
+                              b.patch[y0 - b.origin[0] : y1 - b.origin[0], x0 - b.origin[1] : x1 - b.origin[1]]).sum())

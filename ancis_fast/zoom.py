@@ -12,10 +12,14 @@ when those detections are crowded: at least :data:`AUTO_MIN_CELLS` of them with 
 nearest-neighbour distance under :data:`AUTO_SPACING` px of network input. Zooming an
 uncrowded image can do harm: in sparse, noisy images enlarged pixel noise looks like tiny
 nuclei to the model (README, "Zoom", measures both sides).
+
+A known nucleus diameter replaces the guess: ``diameter=D`` (image px) scales the image
+by :func:`diameter_scale` so that nuclei measure :data:`BEST_DIAMETER` px at the network's
+native resolution (enlarging or shrinking it), and segments it in input-size tiles.
 """
 from __future__ import annotations
 
-from typing import Tuple, Union
+from typing import Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -27,6 +31,13 @@ AUTO_ZOOM = 1.875
 AUTO_MIN_CELLS = 50  # fewer detections are not a crowd
 AUTO_SPACING = 14.0  # px of network input: median centre-to-nearest-centre distance of a crowd
 MAX_ZOOM = 4.0
+# nucleus diameter (px of a 512 px network input; priors scale with the input height,
+# spec §3) the bundled model segments best; it was trained on 6-60 px nuclei at a 512
+# input (README, "Zoom", measures the choice)
+BEST_DIAMETER = 36.0
+BEST_DIAMETER_HEIGHT = 512
+MIN_SCALE, MAX_SCALE = 1 / 16, 8.0  # image px -> network px factors a diameter may ask for
+FIT_SLACK = 1.125  # a scaled image at most this much larger than the input is fitted to it
 
 Zoom = Union[str, float]
 
@@ -83,4 +94,37 @@ def auto_zoom(boxes: np.ndarray, image_size: Tuple[int, int], input_size: Tuple[
 def zoomed_size(input_size: Tuple[int, int], zoom: float) -> Tuple[int, int]:
     """``(H, W)`` an image is resized to so that the network sees it ``zoom`` times
     larger than at ``input_size``."""
-    return max(1, round(input_size[0] * zoom)), max(1, round(input_size[1] * zoom))
+    return scaled_size(input_size, zoom)
+
+
+def check_diameter(diameter: Optional[float]) -> Optional[float]:
+    """``diameter`` (px) as a float, ``None`` kept; ``ValueError`` unless the scale it asks
+    for lies in ``[MIN_SCALE, MAX_SCALE]``."""
+    if diameter is None:
+        return None
+    low, high = BEST_DIAMETER / MAX_SCALE, BEST_DIAMETER / MIN_SCALE
+    if isinstance(diameter, bool) or not isinstance(diameter, (int, float)) or not low <= diameter <= high:
+        raise ValueError(f"diameter={diameter!r}; expected the typical nucleus diameter in image pixels, "
+                         f"from {low:g} to {high:g} (or None to let zoom decide)")
+    return float(diameter)
+
+
+def diameter_scale(diameter: float, prior_height: int = BEST_DIAMETER_HEIGHT,
+                   image_size: Optional[Tuple[int, int]] = None, input_size: Optional[Tuple[int, int]] = None) -> float:
+    """Factor (network px per image px) that brings nuclei of ``diameter`` image px to
+    :data:`BEST_DIAMETER` at a network whose priors are sized for ``prior_height``.
+
+    Given ``image_size`` and ``input_size`` (``(H, W)``), a factor that would make the image
+    at most :data:`FIT_SLACK` times the input is lowered to fit the input: one tile instead
+    of four, for nuclei at most 11 % smaller."""
+    scale = BEST_DIAMETER * prior_height / BEST_DIAMETER_HEIGHT / diameter
+    if image_size is not None and input_size is not None:
+        fit = min(i / (s * scale) for s, i in zip(image_size, input_size))
+        if 1 / FIT_SLACK <= fit < 1:
+            scale *= fit
+    return scale
+
+
+def scaled_size(image_size: Tuple[int, int], scale: float) -> Tuple[int, int]:
+    """``(H, W)`` of an ``image_size`` image scaled by ``scale`` (at least 1 px)."""
+    return max(1, round(image_size[0] * scale)), max(1, round(image_size[1] * scale))

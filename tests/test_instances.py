@@ -93,3 +93,19 @@ def test_patch_rle_equals_dense_rle():
         else:
             origin, patch = (0, 0), np.zeros((0, 0), bool)
         assert patch_to_rle(patch, origin, mask.shape) == mask_to_rle(mask)
+
+
+def test_without_overlaps_gives_each_pixel_to_the_higher_score_and_drops_hidden_cells():
+    masks = np.zeros((3, 6, 8), bool)
+    masks[0, 1:4, 1:4] = True  # 9 px, best score
+    masks[1, 2:6, 2:8] = True  # 24 px, loses rows 2-3 x cols 2-3 (4 px) to the first
+    masks[2, 2:3, 2:3] = True  # 1 px, hidden under the first
+    inst = Instances(np.zeros((3, 4), np.float32), np.array([0.9, 0.7, 0.5], np.float32), masks)
+    inst.meta["zoom"] = 1.0
+    assert inst.visible().areas.tolist() == [9, 20, 0]
+    resolved = inst.without_overlaps()
+    assert len(resolved) == 2 and resolved.scores.tolist() == inst.scores[:2].tolist()
+    assert resolved.areas.tolist() == [9, 20] and resolved.meta == {"zoom": 1.0}
+    assert not (resolved.masks[0] & resolved.masks[1]).any()
+    np.testing.assert_array_equal(resolved.label_image(), inst.label_image())
+    np.testing.assert_allclose(resolved.centroids[1], np.argwhere(inst.label_image() == 2).mean(0))

@@ -1,5 +1,7 @@
 """Readers and atomic writers."""
+import csv
 import json
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -148,3 +150,30 @@ def test_atomic_writes_get_normal_permissions(tmp_path):
     finally:
         os.umask(mask)
     assert stat.S_IMODE((tmp_path / "a.txt").stat().st_mode) == 0o644
+
+
+def test_written_table_and_label_image_list_the_same_cells(tmp_path):
+    """The bundled model on the real image gives overlapping masks: the table lists exactly
+    the label image's ids, each with its pixel count and centroid there (overlaps resolved
+    once by score), and the RLE masks are those regions."""
+    import ancis_fast
+    from ancis_fast import Predictor
+    from ancis_fast.instances import rle_to_mask
+    from ancis_fast.io.readers import read_image
+
+    image = read_image(Path(ancis_fast.__file__).parent / "assets" / "dsb2018_nuclei.png")
+    found = Predictor(backend="eager", zoom=1).predict(image)
+    assert (found.visible().areas < found.areas).any()  # some masks overlap others
+    paths = write_instances(found, tmp_path, "real", ["labels", "json", "csv"])
+    labels = tifffile.imread(paths["labels"])
+    rows = list(csv.DictReader(paths["csv"].open()))
+    ids, counts = np.unique(labels[labels > 0], return_counts=True)
+    assert [int(r["id"]) for r in rows] == ids.tolist() == list(range(1, len(rows) + 1))
+    assert [int(r["area"]) for r in rows] == counts.tolist()
+    for row in rows:
+        np.testing.assert_allclose([float(row["centroid_y"]), float(row["centroid_x"])],
+                                   np.argwhere(labels == int(row["id"])).mean(0))
+    table = json.loads(paths["json"].read_text())["instances"]
+    assert [r["id"] for r in table] == ids.tolist()
+    for row in table:
+        np.testing.assert_array_equal(rle_to_mask(row["rle"]), labels == row["id"])

@@ -166,3 +166,21 @@ def test_the_default_backend_is_the_fast_path_for_the_device(models):
     assert resolve_backend("reference", torch.device("cuda")) == "reference"
     with pytest.raises(ValueError, match="backend='fastest'"):
         resolve_backend("fastest", torch.device("cpu"))
+
+
+def test_min_size_drops_the_cells_that_show_fewer_pixels(models, bgr_image):
+    """min_size keeps exactly the cells whose part of the label image (overlaps resolved)
+    has at least that many pixels, and the predict_batch / stream paths do the same."""
+    everything = Predictor.from_models(*models, config=PredictorConfig(input_size=SIZE)).predict(bgr_image)
+    shown = everything.visible().areas
+    min_size = int(np.median(shown[shown > 0]))
+    assert (shown < min_size).any() and (shown >= min_size).any()
+    predictor = Predictor.from_models(*models, config=PredictorConfig(input_size=SIZE, min_size=min_size))
+    kept = predictor.predict(bgr_image)
+    np.testing.assert_array_equal(kept.scores, everything.scores[shown >= min_size])
+    assert (kept.visible().areas >= min_size).all()
+    np.testing.assert_array_equal(predictor.predict_batch([bgr_image])[0].scores, kept.scores)
+    np.testing.assert_array_equal(next(iter(predictor.stream([bgr_image]))).scores, kept.scores)
+    for bad in (-1, 2.5, True):
+        with pytest.raises(ValueError, match="min_size="):
+            PredictorConfig(min_size=bad)

@@ -3,7 +3,9 @@ import cv2
 import numpy as np
 import pytest
 
+import ancis_fast.predictor as predictor_module
 from ancis_fast import Instances
+from ancis_fast.evaluate import mask_iou
 from ancis_fast.masks import PatchMasks
 from ancis_fast.tiling import predict_tiled, tile_starts
 
@@ -37,6 +39,19 @@ def disks_image(height, width, seed, extra_centres=()):
             continue
         cv2.circle(image, (int(cx), int(cy)), radius, int(rng.integers(60, 255)), -1)
     return image
+
+
+class RecordingBar:
+    """Stands in for tqdm: counts updates."""
+
+    def __init__(self, total):
+        self.total, self.n, self.closed = total, 0, False
+
+    def update(self, n):
+        self.n += n
+
+    def close(self):
+        self.closed = True
 
 
 def test_tile_starts_cover_the_axis():
@@ -82,15 +97,17 @@ def test_predictor_tiles_are_normalised_with_their_whole_image(monkeypatch, zoom
     image[:, 130:] += 3000  # the right half is much brighter
     predictor = Predictor.from_models(*random_models("resnet18"), backend="eager",
                                       config=PredictorConfig(input_size=(128, 128), zoom=zoom))
-    seen = []
+    seen, bars = [], []
     monkeypatch.setattr(predictor, "_predict_uint8", lambda tile: seen.append(tile) or components(tile))
-    predictor.predict(image, tile=128 if zoom == 1.0 else None, overlap=32)
+    monkeypatch.setattr(predictor_module, "tqdm", lambda total, **_: bars.append(RecordingBar(total)) or bars[-1])
+    predictor.predict(image, tile=128 if zoom == 1.0 else None, overlap=32, progress=True)
     whole = to_uint8(image, predictor.config.normalization)
     if zoom != 1.0:
         whole = cv2.resize(whole, (256, 256), interpolation=cv2.INTER_LINEAR)
     starts_y, starts_x = tile_starts(whole.shape[0], 128, 32), tile_starts(whole.shape[1], 128, 32)
     expected = [whole[y : y + 128, x : x + 128] for y in starts_y for x in starts_x]
     assert len(seen) == len(expected)
+    assert [(bar.total, bar.n, bar.closed) for bar in bars] == [(len(expected), len(expected), True)]
     for got, want in zip(seen, expected):
         np.testing.assert_array_equal(got, want)
 
@@ -110,3 +127,98 @@ def test_a_cell_two_tiles_place_either_side_of_the_keeping_margin_is_kept_once()
     image[0, 192] = 1
     stitched = predict_tiled(image, tile_cell, tile=256, overlap=64)
     assert len(stitched) == 1
+
+
+def test_progress_is_reported_once_per_tile():
+    image = disks_image(700, 900, 5)
+    calls = []
+    predict_tiled(image, components, tile=256, overlap=64, on_tile=lambda done, total: calls.append((done, total)))
+    total = len(tile_starts(700, 256, 64)) * len(tile_starts(900, 256, 64))
+    assert calls == [(k, total) for k in range(1, total + 1)]
+
+
+def test_image_smaller_than_a_tile_is_padded_to_native_resolution():
+    """An image narrower than the tile reaches the segmenter padded to ``tile x tile``
+    (not stretched), and its cells come back clipped to the image."""
+    image = disks_image(100, 300, 6)
+    image[40:60, 290:] = 200  # a cell cut by the image's right edge
+    seen = []
+    tiled = predict_tiled(image, lambda t: seen.append(t.shape) or components(t), tile=256, overlap=64)
+    assert seen == [(256, 256), (256, 256)]
+    truth = components(image)
+    assert len(tiled) == len(truth) and tiled.image_size == (100, 300)
+    np.testing.assert_array_equal(tiled.label_image() > 0, truth.label_image() > 0)
+
+
+def test_a_cell_cut_by_one_tile_comes_whole_from_the_other():
+    """A stand-in segmenter that also reports the cut part of a cell at a tile edge (as a
+    network does): the stitched cell is the whole one, once, wherever the seam falls."""
+    for x in range(170, 250, 7):  # tile 256 / overlap 96: tiles [0, 256) and [160, 416)
+        image = np.zeros((200, 416), np.uint8)
+        cv2.circle(image, (x, 100), 20, 200, -1)
+        tiled = predict_tiled(image, components, tile=256, overlap=96)
+        assert len(tiled) == 1 and tiled.areas[0] == (image > 0).sum(), x
+
+
+def test_a_cell_wider_than_the_overlap_is_joined_from_its_parts():
+    """No tile holds a 120 px cell with a 64 px overlap: the parts the two tiles see are
+    joined into one cell."""
+    image = np.zeros((200, 448), np.uint8)
+    cv2.ellipse(image, (224, 100), (60, 30), 0, 0, 360, 200, -1)  # tiles [0, 256) and [192, 448)
+    tiled = predict_tiled(image, components, tile=256, overlap=64)
+    assert len(tiled) == 1 and tiled.areas[0] == (image > 0).sum()
+
+
+def test_seams_at_other_places_give_the_same_cells():
+    """Issue 19's shift test with a segmenter whose answer does not depend on where the tile
+    lies (connected components): the same image, shifted by 160 px so the seams fall
+    elsewhere, gives exactly the same cells, including cells wider than the overlap
+    (the previous stitching, by box centre, cut those: mean IoU 0.948, 7 % of cells below 0.8)."""
+    rng = np.random.default_rng(7)
+    image = np.zeros((900, 900), np.uint8)
+    for _ in range(40):
+        cy, cx, ry, rx = rng.integers(60, 840), rng.integers(60, 840), rng.integers(8, 50), rng.integers(8, 50)
+        probe = np.zeros_like(image)
+        cv2.ellipse(probe, (int(cx), int(cy)), (int(rx) + 3, int(ry) + 3), 0, 0, 360, 1, -1)
+        if not (image[probe > 0] > 0).any():
+            cv2.ellipse(image, (int(cx), int(cy)), (int(rx), int(ry)), 0, 0, 360, int(rng.integers(60, 255)), -1)
+    shifted = np.pad(image, ((160, 0), (160, 0)))
+    first = predict_tiled(image, components, tile=256, overlap=64).label_image()
+    second = predict_tiled(shifted, components, tile=256, overlap=64).label_image()[160:, 160:]
+    ious = mask_iou(first, second)
+    best = np.concatenate([ious.max(axis=1), ious.max(axis=0)])
+    assert len(best) > 2 * 25 and best.min() == 1.0
+    np.testing.assert_array_equal(first > 0, image > 0)
+
+
+@pytest.fixture(scope="module")
+def bundled():
+    from ancis_fast import Predictor
+
+    return Predictor(backend="eager", zoom=1)
+
+
+@pytest.mark.slow
+def test_seams_do_not_change_the_cells_of_a_real_image(bundled):
+    """Issue 19's shift test with the bundled model: a 1024 px mosaic of the real DSB image
+    (mirrored copies, so cells continue across its joins) in 512 px tiles, and its crop from
+    (256, 256), so the seams fall 256 px apart (a multiple of the network's stride 32: other shifts also
+    measure the model's own translation jitter, 0.94 / 3.8 % for an 8 px shift of one tile
+    with no seam at all). Measured: mean best-match IoU 0.964 with 3.1 % of cells below 0.8
+    (the previous stitching: 0.966 and 2.9 %); what differs are touching nuclei split or
+    merged differently with other context, most at the mosaic's joins, not cut cells. The
+    issue's 1 % is not reached by stitching alone; these bounds guard against regressions."""
+    from ancis_fast.io.readers import read_image
+    from test_default_model import ASSETS
+
+    real = read_image(ASSETS / "dsb2018_nuclei.png")
+    mosaic = np.block([[real, real[:, ::-1]], [real[::-1], real[::-1, ::-1]]])
+    shift, margin = 256, 24
+    first = bundled.predict(mosaic, tile=512).without_overlaps().label_image()
+    second = bundled.predict(mosaic[shift:, shift:], tile=512).without_overlaps().label_image()
+    # the common region, less a margin in which cells also meet the crop's top and left
+    a, b = first[shift + margin :, shift + margin :], second[margin:, margin:]
+    ious = mask_iou(a, b)
+    best = np.concatenate([ious.max(axis=1), ious.max(axis=0)])  # each side's cells, matched in the other
+    assert len(best) > 400
+    assert best.mean() >= 0.95 and (best < 0.8).mean() <= 0.04, (best.mean(), (best < 0.8).mean())

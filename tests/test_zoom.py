@@ -174,3 +174,75 @@ def test_bundled_model_does_not_zoom_the_real_image(bundled):
                                   config=PredictorConfig(zoom=1)).predict(image)
     assert auto.meta["zoom"] == 1.0
     np.testing.assert_array_equal(auto.boxes, plain.boxes)
+
+
+def test_check_diameter_and_its_conflicts():
+    from ancis_fast.zoom import BEST_DIAMETER, MAX_SCALE, MIN_SCALE, check_diameter, diameter_scale
+
+    assert check_diameter(None) is None and check_diameter(20) == 20.0
+    assert diameter_scale(BEST_DIAMETER / 2) == 2.0 and diameter_scale(BEST_DIAMETER, prior_height=256) == 0.5
+    # a 500 px image scaled by 1.1 (550 px) fits the 512 input instead of taking 2 x 2 tiles
+    assert diameter_scale(BEST_DIAMETER / 1.1, 512, (500, 400), (512, 512)) == pytest.approx(512 / 500)
+    assert diameter_scale(BEST_DIAMETER / 1.2, 512, (500, 400), (512, 512)) == pytest.approx(1.2)
+    for bad in (0, -5, BEST_DIAMETER / MAX_SCALE / 2, BEST_DIAMETER / MIN_SCALE * 2, "20", True):
+        with pytest.raises(ValueError, match="diameter="):
+            check_diameter(bad)
+    with pytest.raises(ValueError, match="give one"):
+        PredictorConfig(zoom=2, diameter=20)
+    args = make_parser().parse_args(["predict", "x.png", "--out", "o", "--diameter", "30", "--min-size", "12"])
+    assert (args.diameter, args.min_size) == (30.0, 12)
+
+
+@pytest.mark.parametrize("scale", [2.0, 0.5])
+def test_diameter_scales_the_image_and_segments_it_in_input_size_tiles(small_models, monkeypatch, scale):
+    """With a diameter the image is resized by diameter_scale (both axes alike, enlarged or
+    shrunk), cut into input-size tiles (padded when smaller), and the cells mapped back."""
+    from ancis_fast.pipeline.preprocess import to_uint8
+    from ancis_fast.tiling import tile_windows
+    from ancis_fast.zoom import diameter_scale
+
+    from test_tiling import components
+
+    image = blob_image(seed=4)  # 160 x 200
+    from ancis_fast.zoom import BEST_DIAMETER
+
+    config = PredictorConfig(input_size=(128, 128), diameter=BEST_DIAMETER / 4 / scale)  # a 128 input's priors
+    predictor = Predictor.from_models(*small_models, backend="eager", config=config)
+    assert diameter_scale(config.diameter, 128) == scale
+    bright = lambda tile: components(np.where(tile[..., 0] > 70, tile[..., 0], 0))  # noqa: E731  the disks
+    seen = []
+    monkeypatch.setattr(predictor, "_predict_uint8", lambda tile: seen.append(tile.shape) or bright(tile))
+    found = predictor.predict(image)
+    size = (round(160 * scale), round(200 * scale))
+    assert seen == [(128, 128, 3)] * len(tile_windows(*size, 128, 64))
+    assert found.meta["scale"] == scale and found.image_size == (160, 200)
+    resized = cv2.resize(to_uint8(image, config.normalization), size[::-1],
+                         interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+    expected = bright(resized).resized((160, 200))
+    assert len(found) == len(expected) > 5
+    iou = (found.label_image() > 0) & (expected.label_image() > 0)
+    assert iou.sum() >= 0.9 * (expected.label_image() > 0).sum()
+    with pytest.raises(ValueError, match="give one"):
+        predictor.predict(image, tile=128)
+
+
+def test_diameter_of_the_real_image_finds_its_nuclei_better(bundled):
+    """The real image's nuclei measure 23.7 px (median equivalent diameter of its truth):
+    given that, the image is enlarged 1.52x (4 tiles) and scores better against its truth
+    than the default (measured: F1 0.882 -> 0.917, AP@0.5 0.802 -> 0.815, AP@0.7 0.689 -> 0.709)."""
+    from ancis_fast.io.readers import read_image
+    from test_default_model import ASSETS
+
+    image = read_image(ASSETS / "dsb2018_nuclei.png")
+    truth = read_image(ASSETS / "dsb2018_nuclei_labels.png")
+    sized = Predictor.from_models(bundled.detector, bundled.segmenter, backend="eager",
+                                  config=PredictorConfig(diameter=23.7))
+    scores = {}
+    for name, predictor in (("default", bundled), ("diameter", sized)):
+        found = predictor.predict(image)
+        evaluator = Evaluator()
+        evaluator.add_masks(found.masks, found.scores, truth)
+        scores[name] = evaluator.summary()
+    assert scores["diameter"]["f1"] >= scores["default"]["f1"] + 0.02, scores
+    assert scores["diameter"]["ap50"] >= scores["default"]["ap50"], scores
+    assert scores["diameter"]["ap70"] >= scores["default"]["ap70"], scores

@@ -146,12 +146,16 @@ def write_instances(instances: Instances, out_dir: PathLike, stem: str, kinds: I
     ``kinds`` is any of ``labels`` (``<stem>_labels.tif|png``), ``json`` (with RLE masks),
     ``csv``, ``overlay`` (``<stem>_overlay.png``, needs ``bgr8``), ``rois`` (ImageJ ROI
     set ``<stem>_rois.zip``), ``geojson`` (``<stem>.geojson`` polygons for QuPath/napari).
+    All of them describe ``instances.without_overlaps()``: every pixel belongs to one cell
+    (where masks overlap the higher score wins) and a cell left without pixels is dropped,
+    so cell ``id`` in the tables is label ``id`` in the label image, with the area given.
     """
     kinds = list(kinds)
     unknown = set(kinds) - set(SAVE_KINDS)
     if unknown:
         raise ValueError(f"unknown output kind(s) {sorted(unknown)}; expected some of {SAVE_KINDS}")
     paths = output_paths(out_dir, stem, kinds, label_format)
+    instances = instances.without_overlaps()
     labels = instances.label_image() if {"labels", "overlay"} & set(kinds) else None
     if "labels" in paths:
         write_label_image(paths["labels"], labels)
