@@ -29,6 +29,7 @@ attributes) or the AOTInductor package metadata key ``ancis_config``.
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -86,17 +87,20 @@ def export_core(predictor: "Predictor", box_budget: Optional[int] = None,
     return pipeline.core(box_budget, shape_budgets).eval()
 
 
-def static_budgets(core: FastCore, examples: Tensor, headroom: float = 2.0) -> List[int]:
-    """Boxes per crop shape for a static export of ``core``: the counts that the network
-    inputs ``examples [B,3,H,W]`` (images typical of the use) give, times ``headroom``,
-    rounded up by :func:`~ancis_fast.pipeline.fast.box_budget` (0 for shapes they never
-    use), for a batch of ``B``."""
+def static_budgets(core: FastCore, examples: Tensor, batch_size: Optional[int] = None,
+                   headroom: float = 2.0) -> List[int]:
+    """Boxes per crop shape for a static export of ``core`` run on batches of ``batch_size``
+    (default: as many as ``examples``): the counts that the network inputs ``examples
+    [B,3,H,W]`` (images typical of the use) give, scaled to the batch size, times
+    ``headroom``, rounded up by :func:`~ancis_fast.pipeline.fast.box_budget` (0 for shapes
+    they never use)."""
     with torch.inference_mode():
         x, locs, conf, _ = core.run_detector(examples)
         boxes, _, _, counts = core.detect_padded(locs, conf)
         found = core.shape_counts(boxes, counts).tolist()
-    limit = boxes.shape[0] * boxes.shape[1]
-    return [round_budget(int(n * headroom + 0.999), limit) if n else 0 for n in found]
+    batch = examples.shape[0] if batch_size is None else batch_size
+    scale = headroom * batch / examples.shape[0]
+    return [round_budget(math.ceil(n * scale), batch * core.max_det) if n else 0 for n in found]
 
 
 def _require_native(fmt: str) -> None:
@@ -148,8 +152,7 @@ def export_aoti(predictor: "Predictor", path: PathLike, batch_size: int = 1, box
     core = export_core(predictor, box_budget)
     if shape_budgets is None:
         examples = _sample_inputs(predictor) if examples is None else examples.to(predictor.device)
-        per_image = static_budgets(core, examples)
-        shape_budgets = [min(n * batch_size, core.max_det * batch_size) for n in per_image]
+        shape_budgets = static_budgets(core, examples, batch_size)
     core = core.core(shape_budgets=shape_budgets).eval()
     program = export_program(core, torch.zeros((batch_size, 3, *predictor.config.input_size),
                                                device=predictor.device))

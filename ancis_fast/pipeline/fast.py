@@ -79,6 +79,15 @@ def box_budget(count: int, limit: int, smallest: int = SMALLEST_BOX_BUDGET, larg
     return min(budget, limit) if budget >= count else limit
 
 
+def shape_budget(count: int, limit: int, rounded: bool) -> int:
+    """Boxes to decode at a crop shape that ``count`` boxes of the batch have: 0 for none;
+    ``rounded`` (CUDA, where each budget is a graph to reuse): :func:`box_budget`; else
+    exactly ``count`` (on a CPU padding is pure extra arithmetic)."""
+    if count == 0:
+        return 0
+    return box_budget(count, limit) if rounded else count
+
+
 def check_crop_sizes(sizes: Sequence[int]) -> Tuple[int, ...]:
     """``sizes`` as a tuple if they are usable fast-mode crop sizes, else a ``ValueError``."""
     values = tuple(sizes)
@@ -327,7 +336,7 @@ class FastCore(nn.Module):
         if self.mode == "fast":
             if shape_budgets is None:
                 found: List[int] = self.shape_counts(boxes, counts).tolist()
-                shape_budgets = [box_budget(n, batch * budget) if n > 0 else 0 for n in found]
+                shape_budgets = [shape_budget(n, batch * budget, boxes.device.type == "cuda") for n in found]
             probs, mask_sizes = self._decode_static(image, features, bounds, num_levels, batch_idx, shape_budgets)
         else:
             probs, mask_sizes = self._decode_exact(image, features, bounds, num_levels, batch_idx)
@@ -507,8 +516,9 @@ class FastPipeline(FastCore):
         values = torch.cat(wanted).tolist()
         per_shape = values[1 : 1 + len(self.crop_shapes)]
         extents = values[1 + len(self.crop_shapes):]
-        image_budget = box_budget(int(values[0]), budget)
-        shape_budgets = [box_budget(int(n), image_budget * len(original_sizes)) if n else 0 for n in per_shape]
+        on_gpu = det.boxes.device.type == "cuda"
+        image_budget = box_budget(int(values[0]), budget) if on_gpu else max(int(values[0]), 1)
+        shape_budgets = [shape_budget(int(n), image_budget * len(original_sizes), on_gpu) for n in per_shape]
         windows = [[max(-(-int(n) // WINDOW_STEP) * WINDOW_STEP, WINDOW_STEP) for n in extents[2 * b : 2 * b + 2]]
                    for b in range(len(original_sizes))]
         return BatchPlan(image_budget, shape_budgets, windows)

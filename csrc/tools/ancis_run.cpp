@@ -176,7 +176,8 @@ void write_csv(const std::string& path, const std::vector<at::Tensor>& out) {
   const auto labels = out[2].to(at::kLong), counts = out[3].to(at::kLong), sizes = out[5].to(at::kLong);
   const auto b = boxes.accessor<double, 3>();
   const auto s = scores.accessor<double, 2>();
-  const auto l = labels.accessor<int64_t, 2>(), m = sizes.accessor<int64_t, 3>();
+  const auto l = labels.accessor<int64_t, 2>();
+  const auto m = sizes.accessor<int64_t, 3>();
   const auto n = counts.accessor<int64_t, 1>();
   file << "batch_idx,label,score,y1,x1,y2,x2,mask_h,mask_w\n" << std::setprecision(9);
   for (int64_t k = 0; k < boxes.size(0); ++k) {
