@@ -24,6 +24,16 @@ def random_models(backbone: str = "resnet50", seed: int = 0, mask_bias: float = 
     return detector, segmenter
 
 
+def cli_weights(folder) -> list:
+    """Seeded random ResNet-18 weights saved in ``folder``: the CLI arguments that load them
+    (128 px input, no progress bars)."""
+    detector, segmenter = random_models("resnet18")
+    torch.save(detector.state_dict(), folder / "det.pth")
+    torch.save(segmenter.state_dict(), folder / "seg.pth")
+    return ["--weights-det", str(folder / "det.pth"), "--weights-seg", str(folder / "seg.pth"),
+            "--backbone", "resnet18", "--input-size", "128", "--quiet"]
+
+
 _REAL_AUTO_ZOOM = predictor_module.auto_zoom
 
 

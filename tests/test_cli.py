@@ -8,20 +8,14 @@ import cv2
 import numpy as np
 import pytest
 import tifffile
-import torch
 
 from ancis_fast.cli import main, output_stems
-from conftest import blob_image, random_models
+from conftest import blob_image, cli_weights
 
 
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("weights")
-    detector, segmenter = random_models("resnet18")
-    torch.save(detector.state_dict(), folder / "det.pth")
-    torch.save(segmenter.state_dict(), folder / "seg.pth")
-    return ["--weights-det", str(folder / "det.pth"), "--weights-seg", str(folder / "seg.pth"),
-            "--backbone", "resnet18", "--input-size", "128", "--quiet"]
+    return cli_weights(tmp_path_factory.mktemp("weights"))
 
 
 def test_predict_writes_everything_and_reports_bad_files(tmp_path, weights, capsys):

@@ -9,27 +9,20 @@ import time
 from pathlib import Path
 
 import cv2
-import numpy as np
 import pytest
 import tifffile
-import torch
 
 from ancis_fast.cli import main
 from ancis_fast.io.writers import TEMP_NAME, atomic_path, remove_stale_temp_files
-from conftest import blob_image, random_models
+from conftest import blob_image, cli_weights
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("weights")
-    detector, segmenter = random_models("resnet18")
-    torch.save(detector.state_dict(), folder / "det.pth")
-    torch.save(segmenter.state_dict(), folder / "seg.pth")
     # zoom 1 and a candidate cap: random weights' junk detections would otherwise look crowded
-    return ["--weights-det", str(folder / "det.pth"), "--weights-seg", str(folder / "seg.pth"),
-            "--backbone", "resnet18", "--input-size", "128", "--quiet", "--zoom", "1", "--max-candidates", "50"]
+    return cli_weights(tmp_path_factory.mktemp("weights")) + ["--zoom", "1", "--max-candidates", "50"]
 
 
 def _cli(args, **kwargs):

@@ -67,7 +67,7 @@ def _load_file(path: Path) -> object:
         raise CheckpointError(f"{str(path)!r} is not a PyTorch checkpoint: it is {kind}; {EXPECTED}")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:  # torch's own text advises weights_only=False: never pass it on
+    except pickle.UnpicklingError:  # torch's own text advises weights_only=False: never pass it on
         raise CheckpointError(
             f"checkpoint {str(path)!r} holds Python objects other than tensors (e.g. a whole pickled model or "
             "training state); they are not loaded because unpickling them can run arbitrary code. "
