@@ -1,7 +1,5 @@
 """Image classes by appearance and the seeded, stratified train/validation split."""
-import os
 from collections import Counter
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,9 +8,7 @@ from ancis_fast.data.classes import BRIGHTFIELD, FLUORESCENCE, TISSUE, appearanc
 from ancis_fast.data.layouts import open_dataset, write_label_layout
 from ancis_fast.data.sample import Sample
 from ancis_fast.data.split import select_split, stratified_split
-
-# ../shared beside the clone, as on CI; ANCIS_DSB2018 points elsewhere (e.g. from a worktree)
-DSB2018 = Path(os.environ.get("ANCIS_DSB2018", Path(__file__).resolve().parents[1] / ".." / "shared/data/dsb2018"))
+from conftest import DSB2018, needs_dsb2018
 
 
 def _discs(shape, background, nucleus, seed=0):
@@ -112,7 +108,7 @@ def test_select_split_of_a_folder(tmp_path):
         select_split(dataset, "test")
 
 
-@pytest.mark.skipif(not DSB2018.is_dir(), reason="../shared/data/dsb2018 (the DSB 2018 images) is not here")
+@needs_dsb2018
 def test_the_dsb2018_split_has_every_class_in_validation():
     dataset = open_dataset(DSB2018)
     everything = select_split(dataset, "all")

@@ -17,7 +17,7 @@ from ancis_fast.data.synthetic import SynthConfig, generate
 from ancis_fast.evaluate import Evaluator
 from ancis_fast.io.readers import read_image
 from ancis_fast.pipeline.fast import GPU_BUCKETS
-from conftest import paired_mask_ious
+from conftest import DSB2018, needs_dsb2018, paired_mask_ious
 
 pytestmark = pytest.mark.auto_zoom
 
@@ -26,6 +26,9 @@ ASSETS = Path(ancis_fast.__file__).parent / "assets"
 # AP@0.5 0.790, F1 0.874; the 4 synthetic images below AP@0.5 0.871
 REAL_AP50_FLOOR, REAL_F1_FLOOR = 0.75, 0.83
 SYNTH_AP50_FLOOR = 0.82
+# (DSB score, F1@0.5) floors on the validation split of ../shared/data/dsb2018, per image class
+# (README, "The default model": eager backend)
+VAL_FLOORS = {"all": (0.49, 0.80), "fluorescence": (0.58, 0.88), "tissue": (0.17, 0.58), "brightfield": (0.04, 0.18)}
 
 
 @pytest.fixture(scope="module")
@@ -87,3 +90,21 @@ def test_fast_backend_agrees_with_reference_on_the_real_image(predictor):
         ious = paired_mask_ious(ref, fast)
         assert ious.mean() >= floor, (mode, ious.mean())
 
+
+
+@pytest.mark.slow  # 88 images: ~3 min on one free core
+@needs_dsb2018
+def test_validation_split_of_the_dsb2018_images_per_class():
+    from ancis_fast.data.layouts import open_dataset
+    from ancis_fast.data.split import select_split
+
+    val = select_split(open_dataset(DSB2018), "val")
+    predictor = Predictor(backend="eager")
+    evaluator = Evaluator()
+    for k in range(len(val)):
+        sample = val[k]
+        instances = predictor.predict(sample.image)
+        evaluator.add_masks(instances.masks, instances.scores, sample.labels, sample.name)
+    groups = evaluator.summary_by_group(val.classes)
+    for name, (dsb_floor, f1_floor) in VAL_FLOORS.items():
+        assert groups[name]["dsb_map"] >= dsb_floor and groups[name]["f1"] >= f1_floor, (name, groups[name])
