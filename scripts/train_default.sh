@@ -75,7 +75,11 @@ ft_seg() {  # softer, annotator-like edges (--synth-blur/--synth-edge-floor): se
 }
 
 # real images: the train split's crops at the inference scale (no zoom-out needed), 1 synthetic image in 4
-REAL=(--data "$REAL_DATA" synth:160 --split train --max-expand 1 --device "$REAL_DEVICE" --resume "${REAL_SLICE[@]}")
+# BatchNorm statistics frozen (REAL_BN=--freeze-bn, the default since session 7's run, which had REAL_BN= and
+# whose drifted statistics cost synthetic recall: README "The default model")
+REAL_BN="${REAL_BN---freeze-bn}"
+REAL=(--data "$REAL_DATA" synth:160 --split train --max-expand 1 --device "$REAL_DEVICE" --resume "${REAL_SLICE[@]}"
+      $REAL_BN)
 
 real_det() {  # box AP on the validation split at the end (mask scores: eval-real)
   "$PY" -m ancis_fast train-det "${REAL[@]}" --val "$REAL_DATA" --val-split val --out "$WORK/det_real" \

@@ -92,6 +92,20 @@ def test_a_slice_stops_without_validating_and_leaves_the_schedule_to_the_resumed
         _det_config(tmp_path, stop_after=0.0)
 
 
+@pytest.mark.parametrize("freeze_bn", [False, True])
+def test_freeze_bn_keeps_the_running_statistics_of_the_initial_weights(tmp_path, trained, samples, freeze_bn):
+    out, _ = trained
+    summary = train_detector(_det_config(tmp_path, init_weights=str(out / "detector.pt"), max_steps=2,
+                                         freeze_bn=freeze_bn), samples, None)
+    assert summary["global_step"] == 2
+    before = torch.load(out / "detector.pt", weights_only=True)
+    after = torch.load(tmp_path / "detector.pt", weights_only=True)
+    stats = [k for k in before if k.endswith("running_mean")]
+    assert stats
+    assert all(torch.equal(before[k], after[k]) for k in stats) == freeze_bn
+    assert not torch.equal(before["conf_c3.weight"], after["conf_c3.weight"])  # the weights still train
+
+
 def test_half_precision_export_loads(tmp_path, trained):
     out, _ = trained
     half = export_half(out / "detector.pt", tmp_path / "det16.pt")

@@ -29,7 +29,7 @@ def _common(args: argparse.Namespace) -> Dict[str, Any]:
                 save_every=args.save_every, resume=args.resume, init_weights=args.init, max_steps=args.max_steps,
                 time_limit=None if args.time_limit is None else args.time_limit * 60.0,
                 stop_after=None if args.stop_after is None else args.stop_after * 60.0, amp=args.amp, rot90=args.rot90,
-                max_expand=args.max_expand, quiet=args.quiet)
+                max_expand=args.max_expand, freeze_bn=args.freeze_bn, quiet=args.quiet)
 
 
 def _report(summary: Dict[str, Any]) -> int:
@@ -124,6 +124,8 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stop-after", type=float, metavar="MINUTES",
                         help="end this run after this long with a checkpoint, the schedule left where it is: a "
                              "slice of a longer --time-limit run, continued with --resume")
+    parser.add_argument("--freeze-bn", action="store_true",
+                        help="keep BatchNorm running statistics as --init has them (fine-tuning with small batches)")
     parser.add_argument("--amp", action="store_true", help="bfloat16 autocast on CUDA")
     parser.add_argument("--rot90", action="store_true", help="add random quarter turns to the augmentation")
     parser.add_argument("--max-expand", type=float, default=2.0,

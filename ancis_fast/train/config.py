@@ -46,6 +46,7 @@ class StageConfig:
     max_steps: Optional[int] = None
     time_limit: Optional[float] = None
     stop_after: Optional[float] = None
+    freeze_bn: bool = False
     amp: bool = False
     rot90: bool = False
     max_expand: float = 2.0
@@ -84,5 +85,6 @@ class StageConfig:
         recording these settings and the resolved recipe in every checkpoint."""
         return LoopConfig(out_dir=Path(self.out_dir), stage=stage, recipe=recipe, seed=self.seed, workers=self.workers,
                           val_every=self.val_every, save_every=self.save_every, resume=self.resume,
-                          max_steps=self.max_steps, time_limit=self.time_limit, stop_after=self.stop_after, quiet=self.quiet, score_key="ap50",
+                          max_steps=self.max_steps, time_limit=self.time_limit, stop_after=self.stop_after,
+                          freeze_bn=self.freeze_bn, quiet=self.quiet, score_key="ap50",
                           record={**dataclasses.asdict(self), "recipe_resolved": dataclasses.asdict(recipe)})

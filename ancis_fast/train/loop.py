@@ -45,6 +45,7 @@ class LoopConfig:
     max_steps: Optional[int] = None
     time_limit: Optional[float] = None
     stop_after: Optional[float] = None
+    freeze_bn: bool = False
     quiet: bool = False
     score_key: str = "ap50"
     record: Dict[str, Any] = field(default_factory=dict)
@@ -117,6 +118,16 @@ class TrainLoop:
         return self.cfg.time_limit is not None and self.elapsed() >= self.cfg.time_limit
 
     # ------------------------------------------------------------------ steps
+    def train_mode(self) -> None:
+        """``model.train()``, with BatchNorm layers kept in eval mode under ``freeze_bn``:
+        their running statistics stay those of the initial weights (small-batch
+        fine-tuning on a new mix of images would otherwise drift them)."""
+        self.model.train()
+        if self.cfg.freeze_bn:
+            for module in self.model.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.eval()
+
     def _update(self, loss: Tensor) -> bool:
         if not torch.isfinite(loss):
             return False
@@ -134,7 +145,7 @@ class TrainLoop:
         last = last or self.epoch == self.cfg.recipe.epochs
         if self.validate_fn is not None and (self.epoch % self.cfg.val_every == 0 or last):
             metrics = self.validate_fn()
-            self.model.train()
+            self.train_mode()
             record.update(metrics)
             score = metrics.get(self.cfg.score_key, math.nan)
             if score == score and score > self.best:  # NaN never wins
@@ -161,7 +172,7 @@ class TrainLoop:
             bar = tqdm(total=self.steps_per_epoch, initial=self.batch_in_epoch, disable=self.cfg.quiet,
                        desc=f"{self.cfg.stage} {self.epoch + 1}/{self.cfg.recipe.epochs}", unit="step")
             running = None
-            self.model.train()
+            self.train_mode()
             for batch in loader:
                 loss, logs = self.step_fn(batch)
                 if not self._update(loss):
