@@ -44,7 +44,7 @@ FT_SEG_MINUTES="${FT_SEG_MINUTES:-30}"
 REAL_DATA="${REAL_DATA:-../shared/data/dsb2018}"
 REAL_DEVICE="${REAL_DEVICE:-cpu}"
 REAL_DET_MINUTES="${REAL_DET_MINUTES:-40}"
-REAL_SEG_MINUTES="${REAL_SEG_MINUTES:-20}"
+REAL_SEG_MINUTES="${REAL_SEG_MINUTES:-15}"
 REAL_SLICE=(${REAL_SLICE_MINUTES:+--stop-after "$REAL_SLICE_MINUTES"})
 COMMON=(--input-size 256 --prior-height 512 --recipe fast --rot90)
 # fine-tuning runs are bounded by time: the cosine schedule anneals by the clock
