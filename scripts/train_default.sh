@@ -75,8 +75,8 @@ ft_seg() {  # softer, annotator-like edges (--synth-blur/--synth-edge-floor): se
 }
 
 # real images: the train split's crops at the inference scale (no zoom-out needed), 1 synthetic image in 4
-# BatchNorm statistics frozen (REAL_BN=--freeze-bn, the default since session 7's run, which had REAL_BN= and
-# whose drifted statistics cost synthetic recall: README "The default model")
+# BatchNorm statistics frozen (REAL_BN=--freeze-bn, the default since the first run, issue 17's, which had REAL_BN=
+# and whose drifted statistics cost synthetic recall: README "The default model")
 REAL_BN="${REAL_BN---freeze-bn}"
 REAL=(--data "$REAL_DATA" synth:160 --split train --max-expand 1 --device "$REAL_DEVICE" --resume "${REAL_SLICE[@]}"
       $REAL_BN)
