@@ -92,7 +92,7 @@ def test_fast_backend_agrees_with_reference_on_the_real_image(predictor):
 
 
 
-@pytest.mark.slow  # 88 images: ~3 min on one free core
+@pytest.mark.slow  # 88 images: 14 min on the shared 2-core machine under load
 @needs_dsb2018
 def test_validation_split_of_the_dsb2018_images_per_class():
     from ancis_fast.data.layouts import open_dataset
