@@ -300,18 +300,33 @@ class Evaluator:
         """``pred [N,4]``, ``gt [M,4]`` boxes (y1,x1,y2,x2)."""
         return self.add_iou(box_iou(pred, gt), scores, name)
 
-    def summary(self) -> Dict[str, float]:
+    def summary(self, images: Optional[Sequence[ImageResult]] = None) -> Dict[str, float]:
         """Dataset metrics: ``ap50``, ``ap70`` (one key per AP threshold, ``ap`` + percent),
-        ``dsb_map``, matching stats at ``match_thresh`` over all images, counts."""
-        num_gt = sum(r.num_gt for r in self.images)
-        scores = np.concatenate([r.scores for r in self.images]) if self.images else np.zeros(0)
-        out: Dict[str, float] = {"images": len(self.images), "num_gt": num_gt, "num_pred": int(len(scores))}
+        ``dsb_map``, matching stats at ``match_thresh`` over all images, counts.
+        ``tp_ratio`` is TP/(TP+FP+FN) at ``match_thresh``, pooled over the images.
+        ``images``: summarise only these results (default: all added ones)."""
+        images = self.images if images is None else list(images)
+        num_gt = sum(r.num_gt for r in images)
+        scores = np.concatenate([r.scores for r in images]) if images else np.zeros(0)
+        out: Dict[str, float] = {"images": len(images), "num_gt": num_gt, "num_pred": int(len(scores))}
         for t in self.ap_thresholds:
-            tp = np.concatenate([r.tp[t] for r in self.images]) if self.images else np.zeros(0, bool)
+            tp = np.concatenate([r.tp[t] for r in images]) if images else np.zeros(0, bool)
             out[f"ap{round(t * 100)}"] = voc07_ap(scores, tp, num_gt)
-        out["dsb_map"] = float(np.mean([r.dsb for r in self.images])) if self.images else math.nan
-        total = sum((r.stats for r in self.images), MatchStats())
+        out["dsb_map"] = float(np.mean([r.dsb for r in images])) if images else math.nan
+        total = sum((r.stats for r in images), MatchStats())
         out.update(total.to_dict())
+        out["tp_ratio"] = _ratio(total.tp, total.tp + total.fp + total.fn)
+        return out
+
+    def summary_by_group(self, groups: Sequence[str], order: Sequence[str] = ()) -> Dict[str, Dict[str, float]]:
+        """:meth:`summary` of the images of each group (``groups[k]``: the group of the
+        ``k``-th added image): the groups of ``order`` that occur, then others in order of
+        first appearance, then ``"all"``."""
+        if len(groups) != len(self.images):
+            raise ValueError(f"{len(groups)} group names for {len(self.images)} images")
+        names = [g for g in order if g in groups] + [g for g in dict.fromkeys(groups) if g not in order]
+        out = {g: self.summary([r for r, h in zip(self.images, groups) if h == g]) for g in names}
+        out["all"] = self.summary()
         return out
 
     def per_image(self) -> List[Dict[str, object]]:
@@ -326,6 +341,17 @@ def format_summary(summary: Dict[str, float]) -> str:
             f"IoU>0.5: TP={summary['tp']} FP={summary['fp']} FN={summary['fn']}  precision={summary['precision']:.4f} "
             f"recall={summary['recall']:.4f} F1={summary['f1']:.4f}  PQ={summary['pq']:.4f} "
             f"(SQ={summary['sq']:.4f} RQ={summary['rq']:.4f})")
+
+
+def format_group_table(summaries: Dict[str, Dict[str, float]]) -> str:
+    """A Markdown table, one row per group: images, nuclei, DSB score, F1@0.5,
+    TP/(TP+FP+FN)@0.5 and AP@0.5/0.7."""
+    lines = ["| class | images | nuclei | DSB score | F1@0.5 | TP/(TP+FP+FN)@0.5 | AP@0.5 | AP@0.7 |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name, s in summaries.items():
+        lines.append(f"| {name} | {s['images']} | {s['num_gt']} | {s['dsb_map']:.3f} | {s['f1']:.3f} | "
+                     f"{s['tp_ratio']:.3f} | {s.get('ap50', math.nan):.3f} | {s.get('ap70', math.nan):.3f} |")
+    return "\n".join(lines)
 
 
 # ---------------------------------------------------------------------------- CLI
@@ -344,13 +370,15 @@ def _prediction_file(folder: Path, stem: str) -> Path:
 def _evaluate_command(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
+    from .data.classes import IMAGE_CLASSES
     from .data.layouts import open_dataset
+    from .data.split import select_split
     from .io.readers import read_image
     from .io.writers import write_text
     from .models.weights import CheckpointError
 
     try:
-        dataset = open_dataset(args.data, args.layout)
+        dataset = select_split(open_dataset(args.data, args.layout), args.split)
         predictor = None
         if args.pred is None:
             from .cli import build_predictor
@@ -374,11 +402,14 @@ def _evaluate_command(args: argparse.Namespace) -> int:
             print(f"error: {sample.name}: {exc}", file=sys.stderr)
             return 1
     summary = evaluator.summary()
+    classes = dataset.classes[:count]
+    by_class = evaluator.summary_by_group(classes, IMAGE_CLASSES)
     print(format_summary(summary))
+    print(format_group_table(by_class))
+    rows = [{**row, "image_class": name} for row, name in zip(evaluator.per_image(), classes)]
     if args.json:
-        write_text(args.json, json.dumps({"summary": summary, "images": evaluator.per_image()}, indent=1))
+        write_text(args.json, json.dumps({"summary": summary, "by_class": by_class, "images": rows}, indent=1))
     if args.csv:
-        rows = evaluator.per_image()
         import io as _io
 
         buffer = _io.StringIO()
@@ -396,12 +427,16 @@ def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "evaluate", help="score a model (or saved label images) on an annotated dataset",
         description="Mask AP@0.5/0.7 (VOC-07 11-point, spec §8), DSB mAP (IoU 0.5:0.05:0.95) and TP/FP/FN, "
-                    "precision, recall, F1, panoptic quality at IoU > 0.5.")
+                    "precision, recall, F1, panoptic quality at IoU > 0.5; overall and per image class "
+                    "(fluorescence, tissue, brightfield: ancis_fast.data.classes).")
     parser.add_argument("data", help="dataset folder (DSB layout or images/ + masks/)")
     parser.add_argument("--layout", choices=["auto", "dsb", "labels"], default="auto",
                         help="dataset layout (default: auto)")
     parser.add_argument("--pred", help="folder of predicted label images (<stem>_labels.tif|png) to score instead "
                                        "of running a model; all scores count as 1")
+    parser.add_argument("--split", choices=["all", "train", "val"], default="all",
+                        help="score only this part of the dataset's seeded split, stratified by image class "
+                             "(ancis_fast.data.split; the split train-det/train-seg --split train leaves out)")
     parser.add_argument("--limit", type=int, help="evaluate only the first N images")
     parser.add_argument("--json", help="write summary + per-image metrics to this JSON file")
     parser.add_argument("--csv", help="write per-image metrics to this CSV file")

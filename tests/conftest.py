@@ -2,6 +2,9 @@
 plumbing) and small synthetic images."""
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -35,6 +38,12 @@ def cli_weights(folder) -> list:
 
 
 _REAL_AUTO_ZOOM = predictor_module.auto_zoom
+
+#: the DSB 2018 images (label layout): ../shared beside the clone, as on CI; the
+#: ANCIS_DSB2018 environment variable points elsewhere (e.g. from a git worktree)
+DSB2018 = Path(os.environ.get("ANCIS_DSB2018", Path(__file__).resolve().parents[1] / ".." / "shared/data/dsb2018"))
+needs_dsb2018 = pytest.mark.skipif(not DSB2018.is_dir(), reason=f"the DSB 2018 images are not at {DSB2018} "
+                                                                "(../shared/data/dsb2018; or set ANCIS_DSB2018)")
 
 
 @pytest.hookimpl(tryfirst=True)

@@ -166,3 +166,57 @@ def test_evaluate_command_scores_saved_label_images(tmp_path, capsys):
     assert summary["ap50"] == 1.0 and summary["dsb_map"] == 1.0 and summary["fp"] == 0
     assert "AP@0.5=1.0000" in capsys.readouterr().out
     assert (tmp_path / "r.csv").read_text().startswith("name,")
+
+
+def test_summary_by_group_scores_each_group_alone():
+    pred, gt = _dsb_case()
+    ev = Evaluator()
+    ev.add_masks(pred, np.array([0.9, 0.5, 0.8]), gt, "a")  # DSB 1/3; TP 2, FP 1, FN 0 at 0.5
+    ev.add_masks(gt, None, gt, "b")  # perfect
+    ev.add_masks(np.zeros((0, 6, 8), bool), np.zeros(0), gt, "c")  # misses both
+    groups = ev.summary_by_group(["tissue", "fluorescence", "tissue"], order=["fluorescence", "tissue"])
+    assert list(groups) == ["fluorescence", "tissue", "all"]
+    assert groups["fluorescence"]["dsb_map"] == 1.0 and groups["fluorescence"]["f1"] == 1.0
+    assert groups["fluorescence"]["tp_ratio"] == 1.0 and groups["fluorescence"]["ap50"] == 1.0
+    tissue = groups["tissue"]
+    assert tissue["images"] == 2 and tissue["dsb_map"] == pytest.approx((1 / 3 + 0) / 2)
+    assert (tissue["tp"], tissue["fp"], tissue["fn"]) == (2, 1, 2)
+    assert tissue["f1"] == pytest.approx(4 / 7) and tissue["tp_ratio"] == pytest.approx(2 / 5)
+    assert groups["all"] == ev.summary()
+    assert groups["all"]["dsb_map"] == pytest.approx((1 / 3 + 1 + 0) / 3)
+    with pytest.raises(ValueError, match="3 images"):
+        ev.summary_by_group(["tissue"])
+
+
+def test_evaluate_command_reports_the_validation_split_per_class(tmp_path, capsys):
+    import argparse
+    import json
+
+    from ancis_fast import evaluate
+    from ancis_fast.data.layouts import write_label_layout
+    from ancis_fast.data.sample import Sample
+    from ancis_fast.io.writers import write_label_image
+
+    labels = np.zeros((48, 48), np.int32)
+    labels[5:15, 5:15], labels[25:35, 20:30] = 1, 2
+    for k in range(8):
+        fluorescence = np.where(labels > 0, 200, 10 + k).astype(np.uint8)  # bright nuclei on black
+        bright = Sample(255 - fluorescence, labels, f"b{k}")  # dark nuclei on light gray: bright-field
+        for item in (Sample(fluorescence, labels, f"f{k}"), bright):
+            write_label_layout(item, tmp_path / "data")
+            found = item.labels if item.name.startswith("f") else np.zeros_like(item.labels)  # bright-field: all missed
+            write_label_image(tmp_path / "pred" / f"{item.name}_labels.tif", found.astype(np.uint16))
+    parser = argparse.ArgumentParser()
+    evaluate.register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["evaluate", str(tmp_path / "data"), "--pred", str(tmp_path / "pred"), "--quiet",
+                              "--split", "val", "--json", str(tmp_path / "r.json")])
+    assert args.func(args) == 0
+    report = json.loads((tmp_path / "r.json").read_text())
+    by_class = report["by_class"]
+    assert list(by_class) == ["fluorescence", "brightfield", "all"]
+    assert by_class["fluorescence"]["images"] == 3 and by_class["brightfield"]["images"] == 3  # min 3 of 8 each
+    assert by_class["fluorescence"]["dsb_map"] == 1.0 and by_class["brightfield"]["dsb_map"] == 0.0
+    assert by_class["all"]["dsb_map"] == pytest.approx(0.5)
+    assert {row["image_class"] for row in report["images"]} == {"fluorescence", "brightfield"}
+    table = capsys.readouterr().out
+    assert "| fluorescence | 3 |" in table and "| brightfield | 3 |" in table

@@ -79,6 +79,33 @@ def test_time_limit_ends_with_validation_and_a_resumable_checkpoint(tmp_path, sa
     assert again["global_step"] == 2 and again["stopped_early"]
 
 
+def test_a_slice_stops_without_validating_and_leaves_the_schedule_to_the_resumed_run(tmp_path, samples):
+    limit = 3600.0  # the run's schedule: an hour of training, far from spent by these steps
+    summary = train_detector(_det_config(tmp_path, time_limit=limit, stop_after=1e-3), samples, samples[:2])
+    assert summary["stopped_early"] and summary["global_step"] == 1 and summary["best_weights"] is None
+    assert not (tmp_path / "log.jsonl").exists()  # no validation: the schedule is not over
+    state = torch.load(tmp_path / "detector_state.pt", weights_only=False)
+    assert state["global_step"] == 1 and state["elapsed"] < limit
+    again = train_detector(_det_config(tmp_path, time_limit=limit, stop_after=1e-3, resume=True), samples, None)
+    assert again["global_step"] == 2 and again["stopped_early"]
+    with pytest.raises(ValueError, match="stop_after"):
+        _det_config(tmp_path, stop_after=0.0)
+
+
+@pytest.mark.parametrize("freeze_bn", [False, True])
+def test_freeze_bn_keeps_the_running_statistics_of_the_initial_weights(tmp_path, trained, samples, freeze_bn):
+    out, _ = trained
+    summary = train_detector(_det_config(tmp_path, init_weights=str(out / "detector.pt"), max_steps=2,
+                                         freeze_bn=freeze_bn), samples, None)
+    assert summary["global_step"] == 2
+    before = torch.load(out / "detector.pt", weights_only=True)
+    after = torch.load(tmp_path / "detector.pt", weights_only=True)
+    stats = [k for k in before if k.endswith("running_mean")]
+    assert stats
+    assert all(torch.equal(before[k], after[k]) for k in stats) == freeze_bn
+    assert not torch.equal(before["conf_c3.weight"], after["conf_c3.weight"])  # the weights still train
+
+
 def test_half_precision_export_loads(tmp_path, trained):
     out, _ = trained
     half = export_half(out / "detector.pt", tmp_path / "det16.pt")

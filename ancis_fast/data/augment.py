@@ -94,6 +94,13 @@ def random_crop(image: np.ndarray, labels: np.ndarray, rng: np.random.Generator,
     crop_h = max(1, int(round(height * rng.uniform(min_fraction, 1.0))))
     crop_w = max(1, int(round(width * rng.uniform(min_fraction, 1.0))))
     top, left = int(rng.integers(0, height - crop_h + 1)), int(rng.integers(0, width - crop_w + 1))
+    return crop_keeping_centres(image, labels, top, left, crop_h, crop_w)
+
+
+def crop_keeping_centres(image: np.ndarray, labels: np.ndarray, top: int, left: int, crop_h: int,
+                         crop_w: int) -> Tuple[np.ndarray, np.ndarray]:
+    """The ``crop_h x crop_w`` window at ``(top, left)`` of an image and its label map;
+    instances whose extent centre lies outside the window are removed from the labels."""
     ids, bounds = label_extents(labels)
     centre_y = (bounds[:, 0] + bounds[:, 2]) / 2.0
     centre_x = (bounds[:, 1] + bounds[:, 3]) / 2.0

@@ -59,7 +59,11 @@ class DSBDataset(Sequence[Sample]):
 
     def __getitem__(self, index: int) -> Sample:  # type: ignore[override]
         sample_id = self.ids[index]
-        return Sample(read_image(self.image_path(sample_id)), self.read_labels(sample_id), sample_id)
+        return Sample(self.image(index), self.read_labels(sample_id), sample_id)
+
+    def image(self, index: int) -> np.ndarray:
+        """The image of sample ``index`` alone (no masks read)."""
+        return read_image(self.image_path(self.ids[index]))
 
     def image_path(self, sample_id: str) -> Path:
         folder = self.root / sample_id / "images"
@@ -137,6 +141,10 @@ class LabelImageDataset(Sequence[Sample]):
             raise ValueError(f"label image {str(mask_path)!r} has shape {labels.shape} and dtype {labels.dtype}; "
                              "expected a single-channel integer image (one id per cell, 0 = background)")
         return Sample(read_image(image_path), labels.astype(np.int64).astype(np.int32), image_path.stem)
+
+    def image(self, index: int) -> np.ndarray:
+        """The image of sample ``index`` alone (no label image read)."""
+        return read_image(self.pairs[index][0])
 
 
 def detect_layout(root: PathLike) -> str:

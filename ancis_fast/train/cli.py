@@ -8,13 +8,16 @@ from typing import Any, Dict
 from ..data.cli import add_style_ranges, style_ranges
 
 
-def _sources(args: argparse.Namespace):
+def _sources(args: argparse.Namespace, config):
+    """Training source (the ``--data`` sources one after the other) and validation source."""
     from ..data.synthetic import SynthConfig
-    from .data import parse_source
+    from .data import ConcatSource, parse_source
 
     synth = SynthConfig(size=args.synth_size or tuple(args.input_size), **style_ranges(args, "synth-"))
-    train = parse_source(args.data, synth, args.seed)
-    val = parse_source(args.val, synth, args.seed, validation=True) if args.val else None
+    parts = [parse_source(spec, synth, args.seed, split=args.split, frame=config.frame_size(),
+                          crop=tuple(config.input_size)) for spec in args.data]
+    train = parts[0] if len(parts) == 1 else ConcatSource(parts)
+    val = parse_source(args.val, synth, args.seed, validation=True, split=args.val_split) if args.val else None
     return train, val
 
 
@@ -24,8 +27,9 @@ def _common(args: argparse.Namespace) -> Dict[str, Any]:
                 epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, warmup_steps=args.warmup,
                 device=args.device, workers=args.workers, seed=args.seed, val_every=args.val_every,
                 save_every=args.save_every, resume=args.resume, init_weights=args.init, max_steps=args.max_steps,
-                time_limit=None if args.time_limit is None else args.time_limit * 60.0, amp=args.amp, rot90=args.rot90,
-                quiet=args.quiet)
+                time_limit=None if args.time_limit is None else args.time_limit * 60.0,
+                stop_after=None if args.stop_after is None else args.stop_after * 60.0, amp=args.amp, rot90=args.rot90,
+                max_expand=args.max_expand, freeze_bn=args.freeze_bn, quiet=args.quiet)
 
 
 def _report(summary: Dict[str, Any]) -> int:
@@ -49,9 +53,9 @@ def _train_det(args: argparse.Namespace) -> int:
 
     _set_threads(args)
     try:
-        train, val = _sources(args)
         config = DetectorTrainConfig(**_common(args))
         config.resolved_recipe()
+        train, val = _sources(args, config)
     except (FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -64,10 +68,10 @@ def _train_seg(args: argparse.Namespace) -> int:
 
     _set_threads(args)
     try:
-        train, val = _sources(args)
         config = SegmenterTrainConfig(detector_weights=args.detector, max_boxes=args.max_boxes,
                                       gt_boxes=args.gt_boxes, **_common(args))
         config.resolved_recipe()
+        train, val = _sources(args, config)
         return _report(train_segmenter(config, train, val))
     except (FileNotFoundError, ValueError, CheckpointError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -77,9 +81,18 @@ def _train_seg(args: argparse.Namespace) -> int:
 def _add_common(parser: argparse.ArgumentParser) -> None:
     from ..cli import parse_size
 
-    parser.add_argument("--data", required=True, help="training data: a dataset folder (DSB or images/+masks/) or "
-                                                       "synth:N (N fresh synthetic images per epoch)")
-    parser.add_argument("--val", help="validation data: a folder or synth:N (a fixed synthetic set)")
+    parser.add_argument("--data", required=True, nargs="+",
+                        help="training data, one or more (used one after the other): a dataset folder (DSB or "
+                             "images/+masks/; its images are resized to the inference frame, the prior height or "
+                             "else the input size, and cut into input-size crops at 0.75-2x that scale) or synth:N "
+                             "(N fresh synthetic images per epoch)")
+    parser.add_argument("--split", choices=["all", "train", "val"], default="all",
+                        help="train on this part of each --data folder's seeded split, stratified by image class "
+                             "(the one evaluate --split scores; default: all)")
+    parser.add_argument("--val", help="validation data: a folder (resized to the inference frame) or synth:N "
+                                      "(a fixed synthetic set)")
+    parser.add_argument("--val-split", choices=["all", "train", "val"], default="all",
+                        help="validate on this part of the --val folder's split (default: all)")
     parser.add_argument("--out", required=True, help="output folder for checkpoints and log.jsonl")
     parser.add_argument("--backbone", default="resnet50", help="resnet50 (release), resnet101, resnet152, "
                                                                "resnet18/34 (small, no release weights)")
@@ -108,8 +121,16 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--time-limit", type=float, metavar="MINUTES",
                         help="train for this long (wall clock, resumed runs included): the cosine schedule anneals "
                              "by whichever of time and epochs is further along, then validates and checkpoints")
+    parser.add_argument("--stop-after", type=float, metavar="MINUTES",
+                        help="end this run after this long with a checkpoint, the schedule left where it is: a "
+                             "slice of a longer --time-limit run, continued with --resume")
+    parser.add_argument("--freeze-bn", action="store_true",
+                        help="keep BatchNorm running statistics as --init has them (fine-tuning with small batches)")
     parser.add_argument("--amp", action="store_true", help="bfloat16 autocast on CUDA")
     parser.add_argument("--rot90", action="store_true", help="add random quarter turns to the augmentation")
+    parser.add_argument("--max-expand", type=float, default=2.0,
+                        help="the augmentation's largest zoom-out (default: 2, the release's; 1 disables it, e.g. "
+                             "for dataset folders, whose crops are already at the inference scale)")
     parser.add_argument("--synth-size", type=parse_size, help="synthetic image size (default: the input size)")
     add_style_ranges(parser, "synth-")  # of the synth:N data
     parser.add_argument("--quiet", action="store_true", help="no progress bar")

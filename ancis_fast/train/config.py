@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, Dict, Optional, Tuple
 
+from ..data.augment import AugmentConfig
 from .loop import LoopConfig
 from .optim import Recipe
 
@@ -18,7 +19,10 @@ class StageConfig:
     height (spec §3), so a model is used at the input size it was trained at, unless
     ``prior_height`` is set: training on ``256 x 256`` crops with ``prior_height=512``
     gives exactly the priors of a ``512 x 512`` input in those cells, so the model then
-    runs at the Predictor's default 512 input.
+    runs at the Predictor's default 512 input. That input is the *frame*
+    (:meth:`frame_size`): images of dataset folders are resized to it, as the Predictor
+    does, and cut into input-size crops (:class:`~.data.FrameCrops`). ``max_expand`` is the
+    augmentation's largest zoom-out (1 disables it).
     """
 
     recipes: ClassVar[Dict[str, Recipe]] = {}
@@ -41,8 +45,11 @@ class StageConfig:
     init_weights: Optional[str] = None
     max_steps: Optional[int] = None
     time_limit: Optional[float] = None
+    stop_after: Optional[float] = None
+    freeze_bn: bool = False
     amp: bool = False
     rot90: bool = False
+    max_expand: float = 2.0
     match_iou: float = 0.5
     conf_thresh: float = 0.3
     nms_thresh: float = 0.3
@@ -51,8 +58,21 @@ class StageConfig:
     def __post_init__(self) -> None:
         if self.time_limit is not None and self.time_limit <= 0:
             raise ValueError(f"time_limit={self.time_limit}; expected None or seconds > 0")
+        if self.stop_after is not None and self.stop_after <= 0:
+            raise ValueError(f"stop_after={self.stop_after}; expected None or seconds > 0")
         if self.prior_height is not None and self.prior_height < 64:
             raise ValueError(f"prior_height={self.prior_height}; expected None or an input height >= 64")
+
+    def frame_size(self) -> Tuple[int, int]:
+        """The inference input ``(H, W)`` the model is trained for: ``prior_height`` high (same
+        aspect as ``input_size``) when set, else ``input_size``."""
+        if self.prior_height is None:
+            return tuple(self.input_size)
+        height, width = self.input_size
+        return self.prior_height, round(self.prior_height * width / height)
+
+    def augmentation(self) -> AugmentConfig:
+        return AugmentConfig(output_size=tuple(self.input_size), rot90=self.rot90, max_expand=self.max_expand)
 
     def resolved_recipe(self) -> Recipe:
         if self.recipe not in self.recipes:
@@ -65,5 +85,6 @@ class StageConfig:
         recording these settings and the resolved recipe in every checkpoint."""
         return LoopConfig(out_dir=Path(self.out_dir), stage=stage, recipe=recipe, seed=self.seed, workers=self.workers,
                           val_every=self.val_every, save_every=self.save_every, resume=self.resume,
-                          max_steps=self.max_steps, time_limit=self.time_limit, quiet=self.quiet, score_key="ap50",
+                          max_steps=self.max_steps, time_limit=self.time_limit, stop_after=self.stop_after,
+                          freeze_bn=self.freeze_bn, quiet=self.quiet, score_key="ap50",
                           record={**dataclasses.asdict(self), "recipe_resolved": dataclasses.asdict(recipe)})

@@ -2,20 +2,33 @@
 network inputs with boxes, ids and label maps."""
 from __future__ import annotations
 
+import bisect
+import math
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
+import cv2
 import numpy as np
 import torch
 
-from ..data.augment import AugmentConfig, augment, resize_pair
+from ..data.augment import AugmentConfig, augment, crop_keeping_centres, resize_pair
+from ..data.classes import BRIGHTFIELD, FLUORESCENCE, TISSUE
 from ..data.layouts import open_dataset
 from ..data.sample import Sample, boxes_from_labels
+from ..data.split import dataset_classes, select_split
 from ..data.synthetic import SynthConfig, generate
 from ..pipeline.preprocess import Normalization, to_bgr8
 
-#: seed stream tags, so that training, validation, augmentation and order never share draws
-TRAIN_STREAM, VAL_STREAM, AUGMENT_STREAM, ORDER_STREAM = 0, 1, 2, 3
+#: seed stream tags, so that training, validation, augmentation, order and crops never share draws
+TRAIN_STREAM, VAL_STREAM, AUGMENT_STREAM, ORDER_STREAM, CROP_STREAM = 0, 1, 2, 3, 4
+
+#: how often :class:`FrameCrops` draws each image class (normalised over the classes
+#: present): the rare stained-tissue and bright-field images are drawn far more often than
+#: their share of DSB 2018 (17 % and 2 %), which is mostly fluorescence
+CLASS_WEIGHTS: Mapping[str, float] = {FLUORESCENCE: 0.5, TISSUE: 0.3, BRIGHTFIELD: 0.2}
+#: scale range of :class:`FrameCrops` (log-uniform) relative to the inference frame: 1 is
+#: the Predictor's plain resize, 1.875 its zoom of crowded images
+CROP_SCALES: Tuple[float, float] = (0.75, 2.0)
 
 
 class SyntheticSource(Sequence[Sample]):
@@ -42,16 +55,114 @@ class SyntheticSource(Sequence[Sample]):
         return generate(key, self.config)
 
 
-def parse_source(spec: str, synth: SynthConfig, seed: int, validation: bool = False) -> Sequence[Sample]:
+class FrameCrops(Sequence[Sample]):
+    """Training crops of real images at the scale the Predictor sees them.
+
+    The Predictor resizes every image, whatever its size and aspect, to its input (the
+    ``frame``, e.g. 512 x 512), and segments crowded images again 1.875x enlarged. Sample
+    ``i`` of epoch ``e`` (randomness from ``(seed, CROP_STREAM, e, i)`` only): an image drawn
+    by ``class_weights`` (then uniformly within its class), made 8-bit BGR and resized
+    bilinearly to ``s x frame`` with ``s`` log-uniform in ``scales``, and a random ``crop`` ``(H, W)`` window of it;
+    instances whose extent centre lies outside the window are removed, as in
+    :func:`~ancis_fast.data.augment.random_crop`. Training then needs no zoom-out
+    (``max_expand=1``): the scale is already right.
+
+    Args:
+        source: the images (e.g. a :class:`~ancis_fast.data.split.SplitView`).
+        classes: the image class of each (default: ``source.classes``, else measured).
+        length: samples per epoch (default: ``len(source)``).
+    """
+
+    def __init__(self, source: Sequence[Sample], frame: Tuple[int, int], crop: Tuple[int, int], seed: int = 0,
+                 classes: Optional[Sequence[str]] = None, length: Optional[int] = None,
+                 class_weights: Mapping[str, float] = CLASS_WEIGHTS, scales: Tuple[float, float] = CROP_SCALES):
+        if len(source) == 0:
+            raise ValueError("FrameCrops needs at least one image")
+        if not 0 < scales[0] <= scales[1]:
+            raise ValueError(f"scales={scales}; expected 0 < low <= high")
+        classes = list(classes if classes is not None else getattr(source, "classes", None) or dataset_classes(source))
+        self.members = {c: [k for k, d in enumerate(classes) if d == c] for c in dict.fromkeys(classes)}
+        weights = np.array([class_weights.get(c, 0.0) for c in self.members], np.float64)
+        if weights.sum() <= 0:
+            raise ValueError(f"class_weights {dict(class_weights)} give no weight to the classes present "
+                             f"({', '.join(self.members)})")
+        self.weights = weights / weights.sum()
+        self.source, self.frame, self.crop, self.seed, self.scales = source, tuple(frame), tuple(crop), seed, scales
+        self.length = len(source) if length is None else length
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> Sample:  # type: ignore[override]
+        if not 0 <= index < self.length:
+            raise IndexError(f"crop {index} of {self.length}")
+        rng = np.random.default_rng([self.seed, CROP_STREAM, self.epoch, index])
+        members = list(self.members.values())[int(rng.choice(len(self.members), p=self.weights))]
+        sample = self.source[members[int(rng.integers(len(members)))]]
+        scale = math.exp(rng.uniform(math.log(self.scales[0]), math.log(self.scales[1])))
+        height, width = (max(1, round(side * scale)) for side in self.frame)
+        # 8 bits first, from the whole image, as at inference (a crop's percentiles would differ)
+        image = cv2.resize(to_bgr8(sample.image), (width, height), interpolation=cv2.INTER_LINEAR)
+        labels = cv2.resize(sample.labels, (width, height), interpolation=cv2.INTER_NEAREST_EXACT)
+        crop_h, crop_w = min(self.crop[0], height), min(self.crop[1], width)
+        top, left = int(rng.integers(0, height - crop_h + 1)), int(rng.integers(0, width - crop_w + 1))
+        image, labels = crop_keeping_centres(image, labels, top, left, crop_h, crop_w)
+        return Sample(np.ascontiguousarray(image), labels, f"{sample.name}@{index}")
+
+
+class ConcatSource(Sequence[Sample]):
+    """Several sample sources one after the other (e.g. real crops and synthetic images)."""
+
+    def __init__(self, sources: Sequence[Sequence[Sample]]):
+        if not sources:
+            raise ValueError("ConcatSource needs at least one source")
+        self.sources = list(sources)
+        self.ends = np.cumsum([len(s) for s in self.sources]).tolist()
+
+    def set_epoch(self, epoch: int) -> None:
+        for source in self.sources:
+            if hasattr(source, "set_epoch"):
+                source.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return self.ends[-1]
+
+    def __getitem__(self, index: int) -> Sample:  # type: ignore[override]
+        if not 0 <= index < len(self):
+            raise IndexError(f"sample {index} of {len(self)}")
+        part = bisect.bisect_right(self.ends, index)
+        return self.sources[part][index - (self.ends[part - 1] if part else 0)]
+
+
+def parse_source(spec: str, synth: SynthConfig, seed: int, validation: bool = False, split: str = "all",
+                 frame: Optional[Tuple[int, int]] = None, crop: Optional[Tuple[int, int]] = None) -> Sequence[Sample]:
     """``synth:N`` -> a synthetic source of N samples (fresh every epoch for training, a
-    fixed set for validation); anything else is a dataset folder (DSB or label layout)."""
+    fixed set for validation); anything else is a dataset folder (DSB or label layout),
+    restricted to ``split`` (see :mod:`ancis_fast.data.split`). For training, with
+    ``frame`` and ``crop`` given, a folder gives :class:`FrameCrops` of its images."""
     if spec.startswith("synth:"):
         try:
             length = int(spec.split(":", 1)[1])
         except ValueError:
             raise ValueError(f"expected synth:N (N samples), got {spec!r}") from None
         return SyntheticSource(length, synth, seed, fresh=not validation, stream=VAL_STREAM if validation else TRAIN_STREAM)
-    return open_dataset(spec)
+    images = select_split(open_dataset(spec), split)
+    if len(images) == 0:
+        raise ValueError(f"the {split!r} split of {spec!r} holds no images")
+    if validation or frame is None or crop is None:
+        return images
+    return FrameCrops(images, frame, crop, seed)
+
+
+def validation_size(source: Sequence[Sample], input_size: Tuple[int, int], frame: Tuple[int, int]) -> Tuple[int, int]:
+    """The size validation images are scored at: synthetic ones are made at the training
+    input size (nuclei already at the frame's pixel scale); images of a dataset folder are
+    resized to the inference ``frame``, as the Predictor does."""
+    return tuple(input_size) if isinstance(source, SyntheticSource) else tuple(frame)
 
 
 @dataclass

@@ -8,14 +8,13 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..data.augment import AugmentConfig
 from ..data.sample import Sample, boxes_from_labels
 from ..evaluate import Evaluator
 from ..models import build_detector, load_weights, make_priors
 from ..pipeline import reference
 from ..pipeline.preprocess import to_network_input
 from .config import StageConfig
-from .data import ExampleDataset, validation_images
+from .data import ExampleDataset, validation_images, validation_size
 from .loop import TrainLoop, resolve_device
 from .loss import multibox_loss
 from .matching import match_batch
@@ -117,8 +116,7 @@ def train_detector(cfg: DetectorTrainConfig, train_source: Sequence[Sample],
         init_from_scratch(model)
     model.to(device)
     priors = make_priors(*cfg.input_size, device=device, scale_height=cfg.prior_height)
-    augmentation = AugmentConfig(output_size=tuple(cfg.input_size), rot90=cfg.rot90)
-    dataset = ExampleDataset(train_source, cfg.input_size, augmentation, cfg.seed)
+    dataset = ExampleDataset(train_source, cfg.input_size, cfg.augmentation(), cfg.seed)
 
     def step(batch: Dict[str, Any]) -> Tuple[Tensor, Dict[str, float]]:
         images = batch["images"].to(device, non_blocking=True)
@@ -130,7 +128,9 @@ def train_detector(cfg: DetectorTrainConfig, train_source: Sequence[Sample],
 
     validate = None
     if val_source is not None:
-        val = validation_images(val_source, cfg.input_size)
-        validate = lambda: box_validation(model, val, priors, cfg.conf_thresh, cfg.nms_thresh)  # noqa: E731
+        size = validation_size(val_source, cfg.input_size, cfg.frame_size())
+        val, val_priors = validation_images(val_source, size), make_priors(*size, device=device,
+                                                                             scale_height=cfg.prior_height)
+        validate = lambda: box_validation(model, val, val_priors, cfg.conf_thresh, cfg.nms_thresh)  # noqa: E731
 
     return TrainLoop(cfg.loop_config("detector", recipe), model, dataset, step, validate).run()

@@ -44,6 +44,8 @@ class LoopConfig:
     resume: bool = False
     max_steps: Optional[int] = None
     time_limit: Optional[float] = None
+    stop_after: Optional[float] = None
+    freeze_bn: bool = False
     quiet: bool = False
     score_key: str = "ap50"
     record: Dict[str, Any] = field(default_factory=dict)
@@ -107,10 +109,25 @@ class TrainLoop:
         """Spent fraction of ``time_limit`` (0 without one)."""
         return min(1.0, self.elapsed() / self.cfg.time_limit) if self.cfg.time_limit else 0.0
 
+    def slice_is_over(self) -> bool:
+        """This run has trained ``stop_after`` seconds: stop with a checkpoint (to resume),
+        leaving the schedule where it is."""
+        return self.cfg.stop_after is not None and time.monotonic() - self.started >= self.cfg.stop_after
+
     def time_is_up(self) -> bool:
         return self.cfg.time_limit is not None and self.elapsed() >= self.cfg.time_limit
 
     # ------------------------------------------------------------------ steps
+    def train_mode(self) -> None:
+        """``model.train()``, with BatchNorm layers kept in eval mode under ``freeze_bn``:
+        their running statistics stay those of the initial weights (small-batch
+        fine-tuning on a new mix of images would otherwise drift them)."""
+        self.model.train()
+        if self.cfg.freeze_bn:
+            for module in self.model.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.eval()
+
     def _update(self, loss: Tensor) -> bool:
         if not torch.isfinite(loss):
             return False
@@ -128,7 +145,7 @@ class TrainLoop:
         last = last or self.epoch == self.cfg.recipe.epochs
         if self.validate_fn is not None and (self.epoch % self.cfg.val_every == 0 or last):
             metrics = self.validate_fn()
-            self.model.train()
+            self.train_mode()
             record.update(metrics)
             score = metrics.get(self.cfg.score_key, math.nan)
             if score == score and score > self.best:  # NaN never wins
@@ -142,7 +159,8 @@ class TrainLoop:
 
     def run(self) -> Dict[str, Any]:
         """Train to the recipe's epoch count (or ``max_steps``, or ``time_limit`` seconds, after
-        which it validates and checkpoints as at the last epoch); returns a summary."""
+        which it validates and checkpoints as at the last epoch; or, for this run only,
+        ``stop_after`` seconds, after which it checkpoints to be resumed); returns a summary."""
         self.started = time.monotonic()
         if self.cfg.resume and self.restore() and not self.cfg.quiet:
             tqdm.write(f"resuming {self.cfg.stage} at epoch {self.epoch}, batch {self.batch_in_epoch}")
@@ -154,7 +172,7 @@ class TrainLoop:
             bar = tqdm(total=self.steps_per_epoch, initial=self.batch_in_epoch, disable=self.cfg.quiet,
                        desc=f"{self.cfg.stage} {self.epoch + 1}/{self.cfg.recipe.epochs}", unit="step")
             running = None
-            self.model.train()
+            self.train_mode()
             for batch in loader:
                 loss, logs = self.step_fn(batch)
                 if not self._update(loss):
@@ -170,7 +188,7 @@ class TrainLoop:
                                 **{k: f"{v:.3f}" for k, v in logs.items()})
                 if self.cfg.save_every and self.global_step % self.cfg.save_every == 0:
                     self.save()
-                if self.cfg.max_steps is not None and self.global_step >= self.cfg.max_steps:
+                if self.slice_is_over() or (self.cfg.max_steps is not None and self.global_step >= self.cfg.max_steps):
                     bar.close()
                     self.save()
                     return self.summary(skipped, stopped_early=True)

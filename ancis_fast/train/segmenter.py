@@ -15,13 +15,12 @@ import torch
 from torch import Tensor, nn
 
 from ..boxes import box_iou
-from ..data.augment import AugmentConfig
 from ..data.sample import Sample
 from ..evaluate import Evaluator
 from ..models import build_detector, build_segmenter, load_weights, make_priors
 from ..pipeline import reference
 from .config import StageConfig
-from .data import ExampleDataset, validation_images
+from .data import ExampleDataset, validation_images, validation_size
 from .detector import _autocast
 from .loop import TrainLoop, resolve_device
 from .loss import box_bce, per_image_mean
@@ -116,13 +115,15 @@ def _crop(feature: Tensor, image: int, bounds: List[CropBounds], level: int) -> 
 
 
 def mask_validation(detector: nn.Module, segmenter: nn.Module, val: Sequence[Tuple[np.ndarray, np.ndarray, str]],
-                    cfg: SegmenterTrainConfig, device: torch.device) -> Dict[str, float]:
+                    cfg: SegmenterTrainConfig, device: torch.device,
+                    size: Optional[Tuple[int, int]] = None) -> Dict[str, float]:
     """Mask AP@0.5/0.7, DSB mAP and matching stats through the public inference path
-    (:class:`~ancis_fast.Predictor`, reference backend), in the network frame."""
+    (:class:`~ancis_fast.Predictor`, reference backend), in the network frame ``size``
+    (default: the training input size)."""
     from ..predictor import Predictor, PredictorConfig
 
     predictor = Predictor.from_models(detector, segmenter, "reference", device, PredictorConfig(
-        input_size=tuple(cfg.input_size), conf_thresh=cfg.conf_thresh, nms_thresh=cfg.nms_thresh,
+        input_size=tuple(size or cfg.input_size), conf_thresh=cfg.conf_thresh, nms_thresh=cfg.nms_thresh,
         seg_thresh=cfg.seg_thresh, prior_height=cfg.prior_height))
     evaluator = Evaluator()
     for image, labels, name in val:
@@ -152,7 +153,7 @@ def train_segmenter(cfg: SegmenterTrainConfig, train_source: Sequence[Sample],
     segmenter.to(device)
     priors = make_priors(*cfg.input_size, device=device, scale_height=cfg.prior_height)
     input_size = tuple(cfg.input_size)
-    dataset = ExampleDataset(train_source, input_size, AugmentConfig(output_size=input_size, rot90=cfg.rot90), cfg.seed)
+    dataset = ExampleDataset(train_source, input_size, cfg.augmentation(), cfg.seed)
     generator = torch.Generator().manual_seed(cfg.seed)
 
     def step(batch: Dict[str, Any]) -> Tuple[Tensor, Dict[str, float]]:
@@ -189,7 +190,8 @@ def train_segmenter(cfg: SegmenterTrainConfig, train_source: Sequence[Sample],
 
     validate = None
     if val_source is not None:
-        val = validation_images(val_source, input_size)
-        validate = lambda: mask_validation(detector, segmenter, val, cfg, device)  # noqa: E731
+        size = validation_size(val_source, input_size, cfg.frame_size())
+        val = validation_images(val_source, size)
+        validate = lambda: mask_validation(detector, segmenter, val, cfg, device, size)  # noqa: E731
 
     return TrainLoop(cfg.loop_config("segmenter", recipe), segmenter, dataset, step, validate).run()

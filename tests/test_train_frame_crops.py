@@ -1,0 +1,107 @@
+"""Real-image training crops at the inference scale, and sources used one after the other."""
+import numpy as np
+import pytest
+
+from ancis_fast.data.classes import BRIGHTFIELD, FLUORESCENCE, TISSUE
+from ancis_fast.data.sample import Sample, label_extents
+from ancis_fast.train.config import StageConfig
+from ancis_fast.train.data import ConcatSource, FrameCrops, SyntheticSource, validation_size
+from ancis_fast.data.synthetic import SynthConfig
+
+
+def _square_cells(height, width, side, name):
+    """Gray image with ``side`` px square cells on a 3 * side grid, and its labels."""
+    image = np.full((height, width), 10, np.uint8)
+    labels = np.zeros((height, width), np.int32)
+    k = 0
+    for y in range(side, height - 2 * side, 3 * side):
+        for x in range(side, width - 2 * side, 3 * side):
+            k += 1
+            image[y:y + side, x:x + side] = 200
+            labels[y:y + side, x:x + side] = k
+    return Sample(image, labels, name)
+
+
+def _extents(labels):
+    _, bounds = label_extents(labels)
+    return bounds[:, 2:] - bounds[:, :2] + 1
+
+
+def test_crops_are_cut_from_the_image_resized_to_the_frame():
+    # a 1024 x 2048 image is squeezed to the 512 x 512 frame as the Predictor does: cells of
+    # 40 px become 20 px high and 10 px wide at scale 1
+    source = [_square_cells(1024, 2048, 40, "wide")]
+    crops = FrameCrops(source, frame=(512, 512), crop=(256, 256), classes=[FLUORESCENCE], scales=(1.0, 1.0))
+    sample = crops[0]
+    assert sample.image.shape == (256, 256, 3) and sample.image.dtype == np.uint8
+    assert sample.labels.shape == (256, 256)
+    whole = _extents(sample.labels)
+    inner = whole[(whole[:, 0] > 15) & (whole[:, 1] > 7)]  # cells not cut by the crop's border
+    assert len(inner) >= 10
+    np.testing.assert_allclose(np.median(inner, axis=0), [20, 10], atol=1)
+
+
+def test_scales_enlarge_within_their_range_and_are_reproducible():
+    source = [_square_cells(512, 512, 12, "a")]
+    crops = FrameCrops(source, frame=(512, 512), crop=(128, 128), seed=3, classes=[FLUORESCENCE], length=6,
+                       scales=(1.5, 2.0))
+    sizes = []
+    for index in range(6):
+        extents = _extents(crops[index].labels)
+        full = extents[(extents >= 12 * 1.5 - 1).all(axis=1)]  # cells not cut by the crop's border
+        sizes.append(np.median(full))
+        np.testing.assert_array_equal(crops[index].labels, crops[index].labels)  # same draw on every read
+    assert all(12 * 1.5 - 1 <= s <= 12 * 2.0 + 1 for s in sizes) and len(set(sizes)) > 1
+    crops.set_epoch(1)
+    first_epoch = FrameCrops(source, (512, 512), (128, 128), 3, [FLUORESCENCE], length=6, scales=(1.5, 2.0))
+    assert any(not np.array_equal(first_epoch[i].labels, crops[i].labels) for i in range(6))
+
+
+def test_classes_are_drawn_by_weight_and_unweighted_ones_never():
+    source = [_square_cells(256, 256, 20, f"{c}{k}") for k, c in enumerate([FLUORESCENCE] * 8 + [TISSUE, BRIGHTFIELD])]
+    classes = [FLUORESCENCE] * 8 + [TISSUE, BRIGHTFIELD]
+    crops = FrameCrops(source, (256, 256), (128, 128), classes=classes, length=400,
+                       class_weights={FLUORESCENCE: 0.5, TISSUE: 0.5})
+    drawn = [crops[i].name.split("@")[0] for i in range(len(crops))]
+    assert not any(d.startswith(BRIGHTFIELD) for d in drawn)
+    tissue_share = np.mean([d.startswith(TISSUE) for d in drawn])
+    assert 0.4 < tissue_share < 0.6  # 1 image of 10, drawn half the time
+    with pytest.raises(ValueError, match="no weight"):
+        FrameCrops(source[-1:], (256, 256), (128, 128), classes=[BRIGHTFIELD], class_weights={TISSUE: 1.0})
+
+
+def test_instances_whose_centre_leaves_the_crop_are_removed():
+    image = np.zeros((100, 100), np.uint8)
+    labels = np.zeros((100, 100), np.int32)
+    labels[0:10, 40:60] = 1  # centre row 4.5
+    labels[50:60, 50:60] = 2
+    crops = FrameCrops([Sample(image, labels, "x")], (100, 100), (95, 100), classes=[FLUORESCENCE],
+                       scales=(1.0, 1.0), length=40)
+    tops = set()
+    for i in range(40):
+        sample = crops[i]
+        top = 50 - int(np.flatnonzero((sample.labels == 2).any(axis=1))[0])  # where the window starts
+        tops.add(top)
+        assert (1 in sample.labels) == (top <= 4.5), top
+    assert tops == set(range(6))
+
+
+def test_concatenated_sources_index_through_and_forward_the_epoch():
+    synth = SyntheticSource(3, SynthConfig(size=(32, 32), count=(1, 2)), seed=1)
+    crops = FrameCrops([_square_cells(64, 64, 8, "r")], (64, 64), (32, 32), classes=[TISSUE], length=2)
+    both = ConcatSource([synth, crops])
+    assert len(both) == 5
+    assert both[4].name == crops[1].name and np.array_equal(both[1].labels, synth[1].labels)
+    both.set_epoch(2)
+    assert synth.epoch == 2 and crops.epoch == 2
+    with pytest.raises(IndexError):
+        both[5]
+
+
+def test_validation_frame_is_the_inference_input_for_folders():
+    config = StageConfig(out_dir="x", input_size=(256, 256), prior_height=512)
+    assert config.frame_size() == (512, 512)
+    assert StageConfig(out_dir="x", input_size=(256, 320)).frame_size() == (256, 320)
+    synth = SyntheticSource(1, SynthConfig(size=(256, 256)), fresh=False)
+    assert validation_size(synth, (256, 256), config.frame_size()) == (256, 256)
+    assert validation_size([_square_cells(64, 64, 8, "r")], (256, 256), config.frame_size()) == (512, 512)
