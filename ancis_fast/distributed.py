@@ -12,9 +12,9 @@ level, or a TIFF read through tifffile's zarr store; gray or colour, 8/16-bit):
    :func:`ancis_fast.tiling.tile_starts` (stride ``block``); each worker reads its window
    from the file itself and segments it with ``predict(window, tile=..., overlap=...)``,
    and saves the cells to ``<out>/<name>.blocks/`` (reused by ``resume``);
-3. the client stitches the windows with :func:`ancis_fast.tiling.predict_tiled`'s rules
-   (each cell taken from the window that owns its box centre, duplicates near a seam
-   dropped by mask IoU), so a cell crossing a seam is one instance with one id;
+3. the client stitches the windows with :func:`ancis_fast.tiling.stitch`'s rules
+   (each cell taken from the window where it lies farthest from the inner edges, once),
+   so a cell crossing a seam is one instance with one id;
 4. labels go to ``<out>/<name>_labels.zarr`` (chunked like the input) and the cell table
    (id, score, box, area, centroid: :meth:`Instances.to_csv`) to ``<out>/<name>.csv``.
 
@@ -45,7 +45,7 @@ from .instances import Instances
 from .io.readers import iter_frames
 from .io.writers import DEFAULT_SAVE, atomic_path, output_paths, write_instances, write_text
 from .pipeline.preprocess import Normalization, _scale_to_uint8, to_bgr8, to_uint8, validate_image
-from .tiling import predict_tiled, tile_starts
+from .tiling import stitch, tile_starts, tile_windows
 
 PathLike = Union[str, os.PathLike]
 DEFAULT_BLOCK = 2048  # px; windows when the input's chunks are too small or thin to follow
@@ -456,25 +456,14 @@ def _segment_window(spec: PredictorSpec, source: ImageSource, window: Tuple[int,
     return len(found)
 
 
-class _Windows:
-    """Stands in for the image in :func:`predict_tiled`: slicing it gives the window's origin."""
-
-    def __init__(self, shape: Tuple[int, int]):
-        self.shape = shape
-
-    def __getitem__(self, index: Tuple[slice, slice]) -> Tuple[int, int]:
-        return index[0].start, index[1].start
-
-
 def _stitch(saved: Dict[Tuple[int, int, int, int], Path], size: Tuple[int, int], window: int,
             overlap: int) -> Instances:
-    """The saved windows stitched by :func:`predict_tiled`'s rules (they have its layout)."""
+    """The saved windows stitched by :func:`~ancis_fast.tiling.stitch`'s rules (they have
+    :func:`~ancis_fast.tiling.tile_windows`' layout)."""
     by_origin = {(w[0], w[2]): path for w, path in saved.items()}
-
-    def load(origin: Tuple[int, int]) -> Instances:
-        return pickle.loads(by_origin[origin].read_bytes())
-
-    return predict_tiled(_Windows(size), load, window, overlap)
+    windows = tile_windows(size[0], size[1], window, overlap)
+    found = [pickle.loads(by_origin[(w[0], w[1])].read_bytes()) for w in windows]
+    return stitch(found, windows, size)
 
 
 def write_labels_zarr(path: PathLike, instances: Instances, chunks: Tuple[int, int]) -> Path:

@@ -26,7 +26,7 @@ resolution. Memory is bounded by one tile plus the cells' mask patches.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, List, Optional, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -89,12 +89,23 @@ def predict_tiled(image: np.ndarray, predict_tile: Callable[[np.ndarray], Instan
     """
     height, width = image.shape[:2]
     windows = tile_windows(height, width, tile, overlap)
-    candidates: List[_Candidate] = []
+    found = []
     for index, window in enumerate(windows):
-        found = predict_tile(_padded(image[window[0] : window[2], window[1] : window[3]], tile))
-        candidates += _candidates(found, index, window, (height, width))
+        found.append(predict_tile(_padded(image[window[0] : window[2], window[1] : window[3]], tile)))
         if on_tile is not None:
             on_tile(index + 1, len(windows))
+    return stitch(found, windows, (height, width))
+
+
+def stitch(found: Sequence[Instances], windows: Sequence[Tuple[int, int, int, int]],
+           image_size: Tuple[int, int]) -> Instances:
+    """The cells of tiles ``found[i]`` (Instances in the pixels of ``windows[i]``, ``(y0, x0,
+    y1, x1)`` as :func:`tile_windows` lays them out) as one Instances of the ``image_size``
+    image, by the rules of the module docstring."""
+    height, width = image_size
+    candidates: List[_Candidate] = []
+    for index, (window, tile_found) in enumerate(zip(windows, found)):
+        candidates += _candidates(tile_found, index, window, (height, width))
     kept = _best_views([c for c in candidates if not _cut_but_whole_elsewhere(c, windows, (height, width))])
     kept.sort(key=lambda c: -c.score)
     if not kept:
