@@ -46,7 +46,7 @@ MODES = ("fast", "exact")
 HALO = 2  # layer_c0 is two 3x3 convs: a 2-pixel halo makes the crop's features exact
 #: fast mode's level-0 crop lengths (px; steps of about 1.25x): per axis, a box is decoded at the
 #: one nearest its native level-0 length (in log scale), so shapes are pairs of these. One
-#: fixed size for every box loses much where boxes are far from it (README "Performance")
+#: fixed size for every box loses much where boxes are far from it (README, "Backends")
 CROP_SIZES = (8, 10, 12, 16, 20, 24, 32, 40, 48, 64, 80, 96, 128)
 NUM_LEVELS = 5  # c0..c4
 #: box budgets are powers of two from this up (past the top, the caller's limit): few
@@ -503,10 +503,10 @@ class FastPipeline(FastCore):
 
     def plan(self, det: PaddedDetections, original_sizes: List[Tuple[int, int]]) -> "BatchPlan":
         """What the batch's static shapes are, from one read of the device (the fast path's
-        only one before the results are copied back): the box budget per image
-        (:func:`box_budget` of the largest count), the boxes per crop shape (fast mode) and
-        each image's paste window (its largest box's extent at its original size, rounded
-        up to :data:`WINDOW_STEP`)."""
+        only one before the results are copied back): the box budget per image (the
+        largest count; on CUDA rounded by :func:`box_budget`), the boxes per crop shape
+        (fast mode; :func:`shape_budget`) and each image's paste window (its largest box's
+        extent at its original size, rounded up to :data:`WINDOW_STEP`)."""
         budget = det.boxes.shape[1]
         real = torch.arange(budget, device=det.counts.device)[None, :] < det.counts[:, None]
         wanted = [det.counts.max()[None], self.shape_counts(det.boxes, det.counts)]
