@@ -134,8 +134,9 @@ class Model {
 
   std::vector<at::Tensor> forward(const at::Tensor& x) {
     if (package_) return package_->run({x});
+    const c10::IValue outputs = module_->forward({x});  // kept alive while its elements are read
     std::vector<at::Tensor> tensors;
-    for (const auto& value : module_->forward({x}).toTupleRef().elements()) tensors.push_back(value.toTensor());
+    for (const auto& value : outputs.toTupleRef().elements()) tensors.push_back(value.toTensor());
     return tensors;
   }
 
