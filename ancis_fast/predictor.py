@@ -365,12 +365,12 @@ class Predictor:
 
     def _predict_fast(self, batch: torch.Tensor, original_sizes: List[Tuple[int, int]]) -> List[Instances]:
         """The fast pipeline stage by stage (each through :attr:`stage_timer`): detector,
-        detection, one read of the counts for the box budget, mask stage, device paste."""
+        detection and the batch's plan (one read of the device), mask stage, device paste."""
         timed, pipe = self.stage_timer, self.pipeline
         with torch.inference_mode():
             x, locs, conf, features = timed("detector", pipe.run_detector, batch)
             detections = timed("detect", pipe.detect, locs, conf)
-            plan = pipe.plan(detections, original_sizes)
+            plan = timed("detect", pipe.plan, detections, original_sizes)  # the one read of the device
             probs, mask_sizes = timed("mask", pipe.segment, x, features, detections, plan)
             pasted = timed("paste", pipe.paste, detections, probs, mask_sizes, original_sizes, self.config.seg_thresh,
                            plan)
@@ -416,9 +416,10 @@ class Predictor:
 
     def export(self, path: Union[str, os.PathLike], format: str = "torchscript", **options) -> "os.PathLike":
         """Write this predictor's fast pipeline (its models, input size, thresholds and mode;
-        independent of ``backend``) to ``path`` as ``format``: ``"torchscript"`` (``.pt``, the
-        whole pipeline), ``"aoti"`` (``.pt2``, detector + detection only; ``batch_size=``)
-        or ``"tensorrt"``; written atomically. Inputs are ``[B,3,H,W]`` network inputs, see
+        independent of ``backend``) to ``path`` as ``format``: ``"torchscript"`` (``.pt``) or
+        ``"aoti"`` (``.pt2``, the static fast mode as one graph; ``batch_size=``, ``examples=``
+        or ``shape_budgets=``), both the whole pipeline (``box_budget=``), or ``"tensorrt"``
+        (the detector); written atomically. Inputs are ``[B,3,H,W]`` network inputs, see
         :mod:`ancis_fast.export` for each format's outputs and :func:`ancis_fast.export.load_exported`."""
         from .export import export_predictor
 
