@@ -167,8 +167,15 @@ def _nearest_table(src_len: int, dst_len: int, device) -> Tensor:
 def _linear_taps(src_len: int, dst_len: int) -> Tuple[Tensor, Tensor, Tensor]:
     """cv::resize INTER_LINEAR taps of one axis: source index, float32 weight of the next
     pixel, and whether only one source pixel is read (the far border)."""
-    scale = 1.0 / (dst_len / src_len)
-    fx = ((torch.arange(dst_len, dtype=torch.float64) + 0.5) * scale - 0.5).float()
+    return _linear_taps_at(torch.arange(dst_len), torch.tensor(src_len), torch.tensor(dst_len))
+
+
+def _linear_taps_at(position: Tensor, src_len: Tensor, dst_len: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+    """:func:`_linear_taps` at destination indices ``position`` (int64) of resizes from
+    ``src_len`` to ``dst_len`` (int64, broadcast against ``position``; float64 arithmetic as
+    OpenCV's, the weight then float32)."""
+    scale = 1.0 / (dst_len.double() / src_len.double())
+    fx = ((position.double() + 0.5) * scale - 0.5).float()
     sx = torch.floor(fx)
     fx = fx - sx
     sx = sx.to(torch.long)
@@ -225,7 +232,7 @@ def paste_windows(probs: Tensor, boxes: Tensor, input_size: Sequence[int], outpu
                                    valid[s : s + chunk], tables, (win_h, win_w), threshold)
                for s in range(0, probs.shape[0], chunk)]
     out = torch.cat(windows) if windows else torch.zeros((0, win_h, win_w), dtype=torch.bool, device=probs.device)
-    origins = torch.stack([y_span[2], x_span[2]], dim=1) * valid[:, None]
+    origins = torch.stack([y_span[0], x_span[0]], dim=1) * valid[:, None]
     return out, origins
 
 
@@ -249,7 +256,7 @@ _WINDOW_CHUNK_ELEMENTS = 1 << 24  # bounds paste_windows' temporaries (~5 floats
 def _window_spans(boxes: Tensor, mask_sizes: Tensor, input_size: Tuple[int, int],
                   tables: Tuple[Tensor, Tensor]) -> Tuple[List[Tensor], List[Tensor], Tensor]:
     """Per box and axis (``tables``: :func:`_nearest_table` of each axis):
-    ``[out_start, out_end, origin, canvas_start, canvas_len]`` (int64 ``[K]`` each; the
+    ``[out_start, out_end, canvas_start, canvas_len]`` (int64 ``[K]`` each; the
     spec §6 integer box on the canvas and the output pixels whose nearest canvas pixel lies
     in it) and ``valid [K]`` bool: the box has a mask and covers an output pixel."""
     b = boxes.double()
@@ -262,7 +269,7 @@ def _window_spans(boxes: Tensor, mask_sizes: Tensor, input_size: Tuple[int, int]
         start = torch.searchsorted(table, lo.contiguous())
         end = torch.searchsorted(table, hi.contiguous(), right=True)
         valid = valid & (hi >= lo) & (end > start)
-        spans.append([start, end, start, lo, hi - lo + 1])
+        spans.append([start, end, lo, hi - lo + 1])
     return spans[0], spans[1], valid
 
 
@@ -271,21 +278,13 @@ def _axis_taps(span: List[Tensor], src_len: Tensor, length: int, table: Tensor) 
     :func:`_window_spans`, ``src_len [K]`` the patch length): the ``cv::resize``
     ``INTER_LINEAR`` source index, next index, float32 weight of the next, whether only one
     source pixel is read, and whether the position lies in the box (all ``[K, length]``)."""
-    start, end, _, canvas_lo, canvas_len = span
+    start, end, canvas_lo, canvas_len = span
     src_len = src_len.clamp(min=1)  # boxes without a mask: any in-range taps, masked out later
     pos = start[:, None] + torch.arange(length, device=start.device)[None, :]
     inside = pos < end[:, None]
     canvas = table[pos.clamp(max=table.shape[0] - 1)] - canvas_lo[:, None]
     canvas = torch.minimum(canvas.clamp(min=0), canvas_len[:, None] - 1)
-    scale = 1.0 / (canvas_len.double() / src_len.double())
-    f = ((canvas.double() + 0.5) * scale[:, None] - 0.5).float()
-    s = torch.floor(f)
-    f = f - s
-    s = s.to(torch.long)
-    left = s < 0
-    s, f = torch.where(left, 0, s), torch.where(left, 0.0, f)
-    single = s + 1 >= src_len[:, None]
-    s, f = torch.where(single, src_len[:, None] - 1, s), torch.where(single, 0.0, f)
+    s, f, single = _linear_taps_at(canvas, src_len[:, None], canvas_len[:, None])
     return s, torch.where(single, s, s + 1), f, single, inside
 
 
