@@ -317,7 +317,9 @@ class FastCore(nn.Module):
         """int64 ``[len(crop_shapes)]``: how many boxes with a mask each fast-mode crop shape
         gets in this batch (what :meth:`segment_padded`'s ``shape_budgets`` must hold)."""
         bounds, num_levels = self.crop_bounds(boxes, counts, [[self.input_size[0], self.input_size[1]]])
-        classes = size_classes(bounds[:, 0], self.size_edges)
+        return self._count_shapes(size_classes(bounds[:, 0], self.size_edges), num_levels)
+
+    def _count_shapes(self, classes: Tensor, num_levels: Tensor) -> Tensor:
         return torch.bincount(classes[num_levels > 0], minlength=len(self.crop_shapes))
 
     def segment_padded(self, image: Tensor, features: List[Tensor], boxes: Tensor, counts: Tensor,
@@ -334,22 +336,23 @@ class FastCore(nn.Module):
         level_sizes = [[image.shape[-2], image.shape[-1]]] + [[f.shape[-2], f.shape[-1]] for f in features[1:]]
         bounds, num_levels = self.crop_bounds(boxes, counts, level_sizes)
         if self.mode == "fast":
+            classes = size_classes(bounds[:, 0], self.size_edges)
             if shape_budgets is None:
-                found: List[int] = self.shape_counts(boxes, counts).tolist()
+                found: List[int] = self._count_shapes(classes, num_levels).tolist()
                 shape_budgets = [shape_budget(n, batch * budget, boxes.device.type == "cuda") for n in found]
-            probs, mask_sizes = self._decode_static(image, features, bounds, num_levels, batch_idx, shape_budgets)
+            probs, mask_sizes = self._decode_static(image, features, bounds, num_levels, batch_idx, classes,
+                                                    shape_budgets)
         else:
             probs, mask_sizes = self._decode_exact(image, features, bounds, num_levels, batch_idx)
         return (probs.reshape(batch, budget, probs.shape[-2], probs.shape[-1]),
                 mask_sizes.reshape(batch, budget, 2))
 
     def _decode_static(self, image: Tensor, features: List[Tensor], bounds: Tensor, num_levels: Tensor,
-                       batch_idx: Tensor, shape_budgets: List[int]) -> Tuple[Tensor, Tensor]:
-        """Fast mode: per crop shape, its boxes (up to its budget, picked by a stable sort)
-        decoded together at that shape. Returns ``probs [K, h, w]`` (zero-padded to the
-        largest shape decoded) and ``mask_sizes [K, 2]``."""
+                       batch_idx: Tensor, classes: Tensor, shape_budgets: List[int]) -> Tuple[Tensor, Tensor]:
+        """Fast mode: per crop shape (``classes [K]``, :func:`size_classes`), its boxes (up to
+        its budget, picked by a stable sort) decoded together at that shape. Returns
+        ``probs [K, h, w]`` (zero-padded to the largest shape decoded) and ``mask_sizes [K, 2]``."""
         k = bounds.shape[0]
-        classes = size_classes(bounds[:, 0], self.size_edges)
         budgets = [min(shape_budgets[i], k) for i in range(len(self.crop_shapes))]
         height, width = 1, 1
         for i, shape in enumerate(self.crop_shapes):
