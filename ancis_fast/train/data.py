@@ -31,16 +31,15 @@ CLASS_WEIGHTS: Mapping[str, float] = {FLUORESCENCE: 0.5, TISSUE: 0.3, BRIGHTFIEL
 CROP_SCALES: Tuple[float, float] = (0.75, 2.0)
 
 
-class SyntheticSource(Sequence[Sample]):
-    """``length`` synthetic samples; with ``fresh`` a new set every epoch (sample ``i``
-    of epoch ``e`` is ``generate((seed, TRAIN_STREAM, e, i))``), otherwise a fixed set."""
+class EpochSource(Sequence[Sample]):
+    """``length`` samples, one per index, drawn anew each epoch (:meth:`set_epoch`);
+    subclasses make sample ``index`` of ``self.epoch`` in :meth:`sample`."""
 
-    def __init__(self, length: int, config: SynthConfig = SynthConfig(), seed: int = 0, fresh: bool = True,
-                 stream: int = TRAIN_STREAM):
-        if length < 1:
-            raise ValueError(f"a synthetic source needs at least 1 sample, got {length}")
-        self.length, self.config, self.seed, self.fresh, self.stream = length, config, seed, fresh, stream
-        self.epoch = 0
+    #: what a sample is called in the out-of-range error
+    kind = "sample"
+
+    def __init__(self, length: int):
+        self.length, self.epoch = length, 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -50,12 +49,32 @@ class SyntheticSource(Sequence[Sample]):
 
     def __getitem__(self, index: int) -> Sample:  # type: ignore[override]
         if not 0 <= index < self.length:
-            raise IndexError(f"sample {index} of a {self.length}-sample synthetic source")
+            raise IndexError(f"{self.kind} {index} of {self.length}")
+        return self.sample(index)
+
+    def sample(self, index: int) -> Sample:
+        raise NotImplementedError
+
+
+class SyntheticSource(EpochSource):
+    """``length`` synthetic samples; with ``fresh`` a new set every epoch (sample ``i``
+    of epoch ``e`` is ``generate((seed, TRAIN_STREAM, e, i))``), otherwise a fixed set."""
+
+    kind = "synthetic sample"
+
+    def __init__(self, length: int, config: SynthConfig = SynthConfig(), seed: int = 0, fresh: bool = True,
+                 stream: int = TRAIN_STREAM):
+        if length < 1:
+            raise ValueError(f"a synthetic source needs at least 1 sample, got {length}")
+        super().__init__(length)
+        self.config, self.seed, self.fresh, self.stream = config, seed, fresh, stream
+
+    def sample(self, index: int) -> Sample:
         key = (self.seed, self.stream, self.epoch if self.fresh else 0, index)
         return generate(key, self.config)
 
 
-class FrameCrops(Sequence[Sample]):
+class FrameCrops(EpochSource):
     """Training crops of real images at the scale the Predictor sees them.
 
     The Predictor resizes every image, whatever its size and aspect, to its input (the
@@ -73,6 +92,8 @@ class FrameCrops(Sequence[Sample]):
         length: samples per epoch (default: ``len(source)``).
     """
 
+    kind = "crop"
+
     def __init__(self, source: Sequence[Sample], frame: Tuple[int, int], crop: Tuple[int, int], seed: int = 0,
                  classes: Optional[Sequence[str]] = None, length: Optional[int] = None,
                  class_weights: Mapping[str, float] = CLASS_WEIGHTS, scales: Tuple[float, float] = CROP_SCALES):
@@ -87,19 +108,10 @@ class FrameCrops(Sequence[Sample]):
             raise ValueError(f"class_weights {dict(class_weights)} give no weight to the classes present "
                              f"({', '.join(self.members)})")
         self.weights = weights / weights.sum()
+        super().__init__(len(source) if length is None else length)
         self.source, self.frame, self.crop, self.seed, self.scales = source, tuple(frame), tuple(crop), seed, scales
-        self.length = len(source) if length is None else length
-        self.epoch = 0
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return self.length
-
-    def __getitem__(self, index: int) -> Sample:  # type: ignore[override]
-        if not 0 <= index < self.length:
-            raise IndexError(f"crop {index} of {self.length}")
+    def sample(self, index: int) -> Sample:
         rng = np.random.default_rng([self.seed, CROP_STREAM, self.epoch, index])
         members = list(self.members.values())[int(rng.choice(len(self.members), p=self.weights))]
         sample = self.source[members[int(rng.integers(len(members)))]]
