@@ -24,6 +24,7 @@ from ancis_fast.backends.cudagraph import CudaGraphPipeline  # noqa: E402
 from ancis_fast.export import static_budgets  # noqa: E402
 from ancis_fast.io.readers import read_image  # noqa: E402
 from ancis_fast.models.weights import ASSETS  # noqa: E402
+from ancis_fast.pipeline.fast import PaddedDetections  # noqa: E402
 from ancis_fast.pipeline.preprocess import preprocess  # noqa: E402
 
 
@@ -56,15 +57,13 @@ def main() -> None:
         x = x1.repeat(batch, 1, 1, 1).to(args.device)
         static = core.core(shape_budgets=static_budgets(core, x)).eval()
         graph = CudaGraphPipeline(static, x)
-        plan_windows = predictor.pipeline.plan  # the paste's windows come from the one read
+        sizes = [size] * batch
 
-        def paste(outputs):
+        def paste(outputs):  # the paste windows come from the plan's one read of the device
             boxes, scores, labels, counts, probs, mask_sizes = outputs
-            from ancis_fast.pipeline.fast import PaddedDetections
-
             det = PaddedDetections(boxes, scores, labels, counts)
-            plan = plan_windows(det, [size] * batch)
-            return predictor.pipeline.paste(det, probs, mask_sizes, [size] * batch, 0.5, plan)
+            plan = predictor.pipeline.plan(det, sizes)
+            return predictor.pipeline.paste(det, probs, mask_sizes, sizes, 0.5, plan)
 
         with torch.inference_mode():
             rows = {"predict_batch (eager, plan per batch)": lambda: predictor.predict_batch([image] * batch,
