@@ -245,3 +245,29 @@ def test_whole_static_pipeline_replays_as_a_cuda_graph(soft_models):
             torch.testing.assert_close(b, a, atol=1e-4, rtol=0)
     with pytest.raises(ValueError, match="static pipeline"):
         CudaGraphPipeline(core, x[:2])
+
+
+def test_outputs_of_a_wider_static_graph_paste_like_the_planned_path(soft_models):
+    """An exported / CUDA-graph pipeline's outputs (fixed budgets, more rows than the batch
+    needs) pasted through the batch plan give the same cells as the planned path."""
+    from ancis_fast.export import static_budgets
+    from ancis_fast.pipeline.preprocess import preprocess
+
+    pipeline = FastPipeline(*soft_models, SIZE, max_det=256, crop_sizes=(16, 32))
+    x = torch.cat([preprocess(blob_image(seed=s), SIZE)[0] for s in range(2)])
+    sizes = [SIZE, SIZE]
+    core = pipeline.core()
+    static = core.core(shape_budgets=static_budgets(core, x))
+    with torch.inference_mode():
+        boxes, scores, labels, counts, probs, mask_sizes = static(x)
+        det = PaddedDetections(boxes, scores, labels, counts)
+        plan = pipeline.plan(det, sizes)
+        assert plan.image_budget < boxes.shape[1]
+        from_graph = pipeline.paste(det, probs, mask_sizes, sizes, 0.5, plan)
+        x_in, _, _, features = pipeline.run_detector(x)
+        planned_probs, planned_sizes = pipeline.segment(x_in, features, det, plan)
+        planned = pipeline.paste(det, planned_probs, planned_sizes, sizes, 0.5, plan)
+    for b, ((boxes1, _, _, masks1), (boxes2, _, _, masks2)) in enumerate(zip(from_graph, planned)):
+        assert len(masks1) == len(masks2) == int(counts[b]) > 0
+        torch.testing.assert_close(boxes1, boxes2)
+        np.testing.assert_array_equal(masks1.dense(), masks2.dense())

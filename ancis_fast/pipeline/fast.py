@@ -539,7 +539,8 @@ class FastPipeline(FastCore):
         windows (``plan.windows``) and copied to the host once: per image
         ``(boxes [n,4], scores [n], labels [n], masks)``, boxes in network-input pixels,
         ``n = counts[b]``, masks :class:`~ancis_fast.masks.PatchMasks`."""
-        det = det.head(plan.image_budget)
+        det = det.head(plan.image_budget)  # outputs of a wider static graph are cut to the plan too
+        probs, mask_sizes = probs[:, : plan.image_budget], mask_sizes[:, : plan.image_budget]
         pasted: List[Tensor] = []
         for b, original_size in enumerate(original_sizes):
             pasted.extend(ops.paste_windows(probs[b], det.boxes[b], self.input_size, original_size, seg_thresh,
