@@ -3,8 +3,9 @@
 >>> from ancis_fast import Predictor
 >>> instances = Predictor().predict("cells.png")
 """
+from .config import PredictorConfig
 from .instances import Instances
 from .predictor import Predictor
 
 __version__ = "0.1.0"
-__all__ = ["Predictor", "Instances", "__version__"]
+__all__ = ["Predictor", "PredictorConfig", "Instances", "__version__"]

@@ -10,9 +10,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import List, Optional, Sequence
 
-from .backends.configure import BACKEND_CHOICES
+from .config import FIELDS, PredictorConfig
 
 MAX_CALIBRATION_IMAGES = 8
+DEFAULTS = PredictorConfig()  # the options' defaults
 
 #: modules with a ``register(subparsers)`` function that adds their subcommands
 SUBCOMMAND_MODULES: List[str] = [
@@ -41,35 +42,45 @@ def _kinds(text: str) -> List[str]:
     return kinds
 
 
-def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options shared by every command that builds a Predictor."""
+def add_model_arguments(parser: argparse.ArgumentParser, inference: bool = True) -> None:
+    """Options of the model and its :class:`~ancis_fast.config.PredictorConfig` settings
+    (names, defaults and choices from there); ``inference``: also the backend, threads and
+    the per-image options (zoom, diameter, min size) of commands that segment images."""
+    from .backends import BACKEND_CHOICES, REGISTRY
+    from .pipeline.fast import MODES
+    from .pipeline.preprocess import NORMALIZE_MODES
+
     parser.add_argument("--weights-det", help="detector checkpoint (default: bundled model)")
     parser.add_argument("--weights-seg", help="segmenter checkpoint (default: bundled model)")
     parser.add_argument("--backbone", default="resnet50", help="detector trunk (default: resnet50)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
-    parser.add_argument("--backend", default="auto", choices=BACKEND_CHOICES,
-                        help="auto (default): the fastest backend for the device (eager on a CPU, see README); "
-                             "reference: spec-exact, one box at a time (slowest); eager/torchscript/compile: the "
-                             "batched fast pipeline; tensorrt: the same with a TensorRT detector (NVIDIA GPU, "
-                             "pip install .[tensorrt])")
-    parser.add_argument("--threads", type=_positive_int, default=None, metavar="N",
-                        help="CPU threads for torch and OpenCV (default: torch's, one per core); on a shared "
-                             "machine, the cores you may use")
+    if inference:
+        parser.add_argument("--backend", default="auto", choices=BACKEND_CHOICES,
+                            help="auto (default): the fastest backend for the device (eager on a CPU, torchscript "
+                                 "on a GPU); " + "; ".join(f"{b.name}: {b.summary}" for b in REGISTRY.values()))
+        parser.add_argument("--threads", type=_positive_int, default=None, metavar="N",
+                            help="CPU threads for torch and OpenCV (default: torch's, one per core); on a shared "
+                                 "machine, the cores you may use")
     add_precision_arguments(parser)
-    parser.add_argument("--mode", default="fast", choices=["fast", "exact"],
+    parser.add_argument("--mode", default=DEFAULTS.mode, choices=MODES,
                         help="fast backends' mask stage: fixed crop shapes, static (fast) or native crop sizes (exact)")
-    parser.add_argument("--input-size", type=parse_size, default=(512, 512), help="network input HxW (default: 512)")
+    parser.add_argument("--input-size", type=parse_size, default=DEFAULTS.input_size,
+                        help=f"network input HxW (default: {DEFAULTS.input_size[0]})")
     add_detection_arguments(parser)
-    parser.add_argument("--normalize", default="auto", choices=["auto", "percentile", "minmax", "none"],
-                        help="conversion of non-8-bit images to 8-bit (default: auto = percentiles 1/99.8)")
-    parser.add_argument("--zoom", default="auto", type=_zoom, metavar="auto|Z",
+    parser.add_argument("--normalize", default=DEFAULTS.normalize, choices=NORMALIZE_MODES,
+                        help="conversion of non-8-bit images to 8-bit (default: auto = percentiles "
+                             f"{DEFAULTS.percentiles[0]:g}/{DEFAULTS.percentiles[1]:g})")
+    if not inference:
+        return
+    parser.add_argument("--zoom", default=DEFAULTS.zoom, type=_zoom, metavar="auto|Z",
                         help="segment images Z times enlarged (1-4), in input-size tiles, for crowded small "
                              "nuclei; auto (default): 1.875 for images whose detections are crowded, else 1 "
                              "(the spec's plain resize)")
     parser.add_argument("--diameter", type=float, default=None, metavar="D",
                         help="typical nucleus diameter in image px: the image is scaled so that nuclei reach "
                              "the size the model segments best (instead of --zoom)")
-    parser.add_argument("--min-size", type=int, default=0, metavar="N", help="drop cells of fewer than N px")
+    parser.add_argument("--min-size", type=int, default=DEFAULTS.min_size, metavar="N",
+                        help="drop cells of fewer than N px")
 
 
 def _positive_int(text: str) -> int:
@@ -93,7 +104,9 @@ def _zoom(text: str):
 
 def add_precision_arguments(parser: argparse.ArgumentParser) -> None:
     """``--precision`` and int8's ``--calibrate`` (see :func:`calibration_images`)."""
-    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16", "int8"],
+    from .backends.precision import PRECISION_NAMES
+
+    parser.add_argument("--precision", default=DEFAULTS.precision, choices=PRECISION_NAMES,
                         help="fast backends' network dtype (default: fp32); fp16 needs a GPU, bf16 works on CPUs; "
                              "int8 (CPU, eager/torchscript): the detector trunk int8, calibrated on synthetic images")
     parser.add_argument("--calibrate", nargs="+", metavar="IMAGE_OR_DIR",
@@ -115,19 +128,21 @@ def calibration_images(args: argparse.Namespace) -> Optional[List[Path]]:
 
 def add_detection_arguments(parser: argparse.ArgumentParser) -> None:
     """Thresholds and per-image limits of detection and masks (PredictorConfig)."""
-    parser.add_argument("--conf-thresh", type=float, default=0.3, help="detection score threshold (default: 0.3)")
-    parser.add_argument("--nms-thresh", type=float, default=0.3, help="NMS IoU threshold (default: 0.3)")
-    parser.add_argument("--seg-thresh", type=float, default=0.5, help="mask probability threshold (default: 0.5)")
-    parser.add_argument("--max-candidates", type=int, default=None, metavar="N",
+    parser.add_argument("--conf-thresh", type=float, default=DEFAULTS.conf_thresh,
+                        help=f"detection score threshold (default: {DEFAULTS.conf_thresh})")
+    parser.add_argument("--nms-thresh", type=float, default=DEFAULTS.nms_thresh,
+                        help=f"NMS IoU threshold (default: {DEFAULTS.nms_thresh})")
+    parser.add_argument("--seg-thresh", type=float, default=DEFAULTS.seg_thresh,
+                        help=f"mask probability threshold (default: {DEFAULTS.seg_thresh})")
+    parser.add_argument("--max-candidates", type=int, default=DEFAULTS.max_candidates, metavar="N",
                         help="candidates kept before NMS per image (default: all; the release used 200)")
-    parser.add_argument("--max-detections", type=int, default=1000, metavar="N",
-                        help="detections kept per image (default: 1000; the release used 500)")
+    parser.add_argument("--max-detections", type=int, default=DEFAULTS.max_detections, metavar="N",
+                        help=f"detections kept per image (default: {DEFAULTS.max_detections}; the release used 500)")
 
 
-def detection_options(args: argparse.Namespace) -> dict:
-    """The Predictor keywords of :func:`add_detection_arguments`."""
-    return dict(conf_thresh=args.conf_thresh, nms_thresh=args.nms_thresh, seg_thresh=args.seg_thresh,
-                max_candidates=args.max_candidates, max_detections=args.max_detections)
+def config_overrides(args: argparse.Namespace) -> dict:
+    """The :class:`~ancis_fast.config.PredictorConfig` settings that ``args`` has options for."""
+    return {name: getattr(args, name) for name in FIELDS if hasattr(args, name)}
 
 
 def set_threads(threads: Optional[int]) -> None:
@@ -145,10 +160,8 @@ def set_threads(threads: Optional[int]) -> None:
 def predictor_options(args: argparse.Namespace) -> dict:
     """The Predictor keywords of :func:`add_model_arguments`' options."""
     return dict(detector_weights=args.weights_det, segmenter_weights=args.weights_seg, backbone=args.backbone,
-                backend=args.backend, mode=args.mode, device=args.device,
-                precision=getattr(args, "precision", "fp32"), input_size=args.input_size, normalize=args.normalize,
-                calibration=calibration_images(args), zoom=args.zoom, diameter=getattr(args, "diameter", None),
-                min_size=getattr(args, "min_size", 0), **detection_options(args))
+                backend=getattr(args, "backend", "auto"), device=args.device, calibration=calibration_images(args),
+                **config_overrides(args))
 
 
 def build_predictor(args: argparse.Namespace):

@@ -19,8 +19,12 @@ pasted as spec §6 says (``ops.paste_masks`` / ``ops.paste_windows``).
   the example images with 2x headroom, see :func:`static_budgets`); a box past its shape's
   budget, or of a shape the examples never had, gets no mask (``mask_sizes`` 0). The C++
   runner loads it too.
-- ``tensorrt``: delegated to ``ancis_fast.backends.tensorrt.export_tensorrt`` when that
-  module is available.
+- ``tensorrt`` (``.ep``, a Torch-TensorRT exported program; NVIDIA GPU): the static graph of
+  ``aoti`` compiled by ``torch_tensorrt.dynamo.compile``, detector and mask decoder as TensorRT
+  engines, the native operators in PyTorch (``ancis_fast.backends.tensorrt.export_tensorrt``).
+
+:data:`FORMATS` lists them (name, suffix, devices, options): the CLI, the suffix checks and
+:meth:`~ancis_fast.Predictor.export` all read it.
 
 Every file records its settings (input size, thresholds, mode, budgets, ...) as JSON: the
 TorchScript extra file ``ancis_config.json`` (the thresholds and input size are also module
@@ -33,20 +37,20 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
 
+from . import backends
 from .backends import torchscript
 from .backends.precision import INT8
 from .io.writers import atomic_path
-from .pipeline.fast import FastCore, box_budget as round_budget
+from .pipeline.fast import FastCore, FastPipeline, box_budget as round_budget
 
 if TYPE_CHECKING:
     from .predictor import Predictor
 
-FORMATS = ("torchscript", "aoti", "tensorrt")
 CONFIG_KEY = "ancis_config.json"  # TorchScript extra file; AOTInductor metadata key "ancis_config"
 FORMAT_VERSION = 2  # 2: padded outputs [B, M, ...] with counts, whole pipeline in every format
 OUTPUTS = ("boxes", "scores", "labels", "counts", "probs", "mask_sizes")
@@ -59,17 +63,9 @@ class ExportUnavailable(RuntimeError):
 
 def export_config(predictor: "Predictor", fmt: str, core: FastCore) -> Dict[str, Any]:
     """The settings a loader needs, as stored in an exported file of ``core``."""
-    cfg = predictor.config
-    return {
-        "format": fmt, "format_version": FORMAT_VERSION, "torch": torch.__version__,
-        "input_size": list(cfg.input_size), "conf_thresh": cfg.conf_thresh, "nms_thresh": cfg.nms_thresh,
-        "seg_thresh": cfg.seg_thresh, "mode": cfg.mode, "prior_height": cfg.prior_height,
-        "max_candidates": cfg.max_candidates, "max_detections": cfg.max_detections, "box_budget": core.max_det,
-        "crop_sizes": list(core.crop_sizes), "shape_budgets": core.shape_budgets,
-        "precision": getattr(cfg, "precision", "fp32"),
-        "normalization": {"mode": cfg.normalization.mode, "percentiles": list(cfg.normalization.percentiles)},
-        "box_order": "y1,x1,y2,x2", "outputs": list(OUTPUTS),
-    }
+    return {**predictor.config.to_dict(), "format": fmt, "format_version": FORMAT_VERSION,
+            "torch": torch.__version__, "box_budget": core.max_det, "shape_budgets": core.shape_budgets,
+            "box_order": "y1,x1,y2,x2", "outputs": list(OUTPUTS)}
 
 
 def export_core(predictor: "Predictor", box_budget: Optional[int] = None,
@@ -79,11 +75,11 @@ def export_core(predictor: "Predictor", box_budget: Optional[int] = None,
     own pipeline is not built, nor int8-calibrated, a second time), with at most
     ``box_budget`` boxes per image (default: ``max_detections``) and fixed ``shape_budgets``
     (default: read from the data)."""
-    from .predictor import build_fast_pipeline
-
-    pipeline = predictor.pipeline if predictor.backend == "eager" else build_fast_pipeline(
-        predictor.detector, predictor.segmenter, predictor.config, predictor.device,
-        calibration=predictor.calibration_images)
+    pipeline = predictor.pipeline
+    if predictor.backend != "eager":
+        modules = backends.build("eager", predictor.detector, predictor.segmenter, predictor.config,
+                                 predictor.device, predictor.calibration_images)
+        pipeline = FastPipeline.from_config(*modules, predictor.config, predictor.device)
     return pipeline.core(box_budget, shape_budgets).eval()
 
 
@@ -131,36 +127,46 @@ def export_program(core: FastCore, example: Tensor) -> "torch.export.ExportedPro
         return torch.export.export(core, (example,), strict=True)
 
 
-def export_aoti(predictor: "Predictor", path: PathLike, batch_size: int = 1, box_budget: Optional[int] = None,
-                examples: Optional[Tensor] = None, shape_budgets: Optional[Sequence[int]] = None) -> Path:
-    """Compile the whole static pipeline with AOTInductor into the package ``path``
-    (``.pt2``) for inputs ``[batch_size, 3, H, W]``: ``shape_budgets`` as given, else
-    :func:`static_budgets` of ``examples`` (network inputs; default: the bundled sample
-    image). Takes minutes on a CPU."""
-    path = Path(path)
-    if path.suffix != ".pt2":
-        raise ValueError(f"AOTInductor packages must end in .pt2, got {str(path)!r}")
+def static_core(predictor: "Predictor", batch_size: int = 1, box_budget: Optional[int] = None,
+                examples: Optional[Tensor] = None, shape_budgets: Optional[Sequence[int]] = None,
+                fmt: str = "aoti") -> FastCore:
+    """The whole static pipeline of ``predictor`` for batches of ``batch_size``: fast mode,
+    ``shape_budgets`` as given, else :func:`static_budgets` of ``examples`` (network inputs;
+    default: the bundled sample image); ``ValueError`` / :class:`ExportUnavailable` (naming
+    ``fmt``) where the predictor's settings have no static graph."""
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size}; expected >= 1")
-    _require_native("aoti")
+    _require_native(fmt)
     if predictor.config.precision == INT8:
-        raise ExportUnavailable("precision='int8' exports as --format torchscript only: torch.export does not "
-                                "trace torch.ao's quantized tensors")
+        raise ExportUnavailable(f"precision='int8' exports as --format torchscript only, not {fmt}: torch.export "
+                                "does not trace torch.ao's quantized tensors")
     if predictor.config.mode != "fast":
-        raise ValueError("--format aoti exports the static fast mode; mode='exact' plans on the host "
+        raise ValueError(f"--format {fmt} exports the static fast mode; mode='exact' plans on the host "
                          "(use --format torchscript)")
     core = export_core(predictor, box_budget)
     if shape_budgets is None:
         examples = _sample_inputs(predictor) if examples is None else examples.to(predictor.device)
         shape_budgets = static_budgets(core, examples, batch_size)
-    core = core.core(shape_budgets=shape_budgets).eval()
-    program = export_program(core, torch.zeros((batch_size, 3, *predictor.config.input_size),
-                                               device=predictor.device))
+    return core.core(shape_budgets=shape_budgets).eval()
+
+
+def export_aoti(predictor: "Predictor", path: PathLike, batch_size: int = 1, box_budget: Optional[int] = None,
+                examples: Optional[Tensor] = None, shape_budgets: Optional[Sequence[int]] = None) -> Path:
+    """Compile the whole static pipeline (:func:`static_core`) with AOTInductor into the
+    package ``path`` (``.pt2``) for inputs ``[batch_size, 3, H, W]``. Takes minutes on a CPU."""
+    core = static_core(predictor, batch_size, box_budget, examples, shape_budgets, "aoti")
+    program = export_program(core, static_input(predictor, batch_size))
     metadata = {"ancis_config": json.dumps(export_config(predictor, "aoti", core))}
     with atomic_path(path) as tmp:
         torch._inductor.aoti_compile_and_package(program, package_path=str(tmp),
                                                  inductor_configs={"aot_inductor.metadata": metadata})
-    return path
+    return Path(path)
+
+
+def static_input(predictor: "Predictor", batch_size: int) -> Tensor:
+    """A zero network input ``[batch_size, 3, H, W]`` on the predictor's device (the shape a
+    static graph is made for)."""
+    return torch.zeros((batch_size, 3, *predictor.config.input_size), device=predictor.device)
 
 
 def _sample_inputs(predictor: "Predictor") -> Tensor:
@@ -189,16 +195,44 @@ def export_tensorrt_file(predictor: "Predictor", path: PathLike, **options: Any)
     return Path(result) if result is not None else Path(path)
 
 
+@dataclass(frozen=True)
+class ExportFormat:
+    """One export format: ``write(predictor, path, **options)`` makes the file."""
+
+    name: str
+    suffix: str  # the usual file suffix; required when ``suffix_required``
+    suffix_required: bool
+    devices: Tuple[str, ...]  # where it is made and runs
+    options: Tuple[str, ...]  # keyword options of ``write``
+    summary: str  # one line, for --help
+    write: Callable[..., Path]
+
+
+#: every export format, by name (as Ultralytics' ``export_formats()``)
+FORMATS: Dict[str, ExportFormat] = {f.name: f for f in (
+    ExportFormat("torchscript", ".pt", False, ("cpu", "cuda"), ("box_budget",),
+                 "scripted whole pipeline; fast mode reads its boxes per crop shape from the data", export_torchscript),
+    ExportFormat("aoti", ".pt2", True, ("cpu", "cuda"), ("batch_size", "box_budget", "examples", "shape_budgets"),
+                 "AOTInductor, one static graph (fast mode): fixed batch size and boxes per crop shape",
+                 export_aoti),
+    ExportFormat("tensorrt", ".ep", False, ("cuda",), ("batch_size", "box_budget", "examples", "shape_budgets", "cache"),
+                 "Torch-TensorRT, the same static graph as aoti with TensorRT engines for detector and mask "
+                 "decoder (NVIDIA GPU + pip install .[tensorrt])", export_tensorrt_file),
+)}
+
+
 def export_predictor(predictor: "Predictor", path: PathLike, format: str = "torchscript", **options: Any) -> Path:
-    """Write ``predictor``'s fast pipeline to ``path`` in ``format`` (see the module
-    docstring for each format's scope and outputs); returns the path."""
-    if format == "torchscript":
-        return export_torchscript(predictor, path, **options)
-    if format == "aoti":
-        return export_aoti(predictor, path, **options)
-    if format == "tensorrt":
-        return export_tensorrt_file(predictor, path, **options)
-    raise ValueError(f"format={format!r}; expected one of {FORMATS}")
+    """Write ``predictor``'s fast pipeline to ``path`` in ``format`` (one of :data:`FORMATS`;
+    see the module docstring for each one's scope and outputs); returns the path."""
+    if format not in FORMATS:
+        raise ValueError(f"format={format!r}; expected one of {tuple(FORMATS)}")
+    spec = FORMATS[format]
+    unknown = sorted(set(options) - set(spec.options))
+    if unknown:
+        raise TypeError(f"format={format!r} takes the options {spec.options}, not {unknown}")
+    if spec.suffix_required and Path(path).suffix != spec.suffix:
+        raise ValueError(f"{format} files must end in {spec.suffix}, got {str(path)!r}")
+    return spec.write(predictor, path, **options)
 
 
 @dataclass(frozen=True)

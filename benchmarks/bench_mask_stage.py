@@ -78,7 +78,7 @@ def main() -> None:
             report(f"{mode}: detector", lambda: pipeline.run_detector(x))
             report(f"{mode}: mask stage", lambda: pipeline.segment(x_fast, fast_features, detections, plan))
             probs, sizes = pipeline.segment(x_fast, fast_features, detections, plan)
-            report(f"{mode}: paste", lambda: pipeline.paste(detections, probs, sizes, [original_size], 0.5, plan), 1)
+            report(f"{mode}: paste", lambda: pipeline.paste(detections, probs, sizes, [original_size], plan), 1)
 
 
 if __name__ == "__main__":

@@ -63,7 +63,7 @@ def main() -> None:
             boxes, scores, labels, counts, probs, mask_sizes = outputs
             det = PaddedDetections(boxes, scores, labels, counts)
             plan = predictor.pipeline.plan(det, sizes)
-            return predictor.pipeline.paste(det, probs, mask_sizes, sizes, 0.5, plan)
+            return predictor.pipeline.paste(det, probs, mask_sizes, sizes, plan)
 
         with torch.inference_mode():
             rows = {"predict_batch (eager, plan per batch)": lambda: predictor.predict_batch([image] * batch,

@@ -31,7 +31,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from ancis_fast import Instances, Predictor  # noqa: E402
-from ancis_fast.predictor import STAGES  # noqa: E402
+from ancis_fast.pipeline.stages import STAGES  # noqa: E402
 from ancis_fast.evaluate import Evaluator, box_iou  # noqa: E402
 from ancis_fast.models import build_detector, build_segmenter, default_weights  # noqa: E402
 

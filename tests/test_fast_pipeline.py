@@ -263,11 +263,11 @@ def test_outputs_of_a_wider_static_graph_paste_like_the_planned_path(soft_models
         det = PaddedDetections(boxes, scores, labels, counts)
         plan = pipeline.plan(det, sizes)
         assert plan.image_budget < boxes.shape[1]
-        from_graph = pipeline.paste(det, probs, mask_sizes, sizes, 0.5, plan)
+        from_graph = pipeline.paste(det, probs, mask_sizes, sizes, plan)
         x_in, _, _, features = pipeline.run_detector(x)
         planned_probs, planned_sizes = pipeline.segment(x_in, features, det, plan)
-        planned = pipeline.paste(det, planned_probs, planned_sizes, sizes, 0.5, plan)
-    for b, ((boxes1, _, _, masks1), (boxes2, _, _, masks2)) in enumerate(zip(from_graph, planned)):
-        assert len(masks1) == len(masks2) == int(counts[b]) > 0
-        torch.testing.assert_close(boxes1, boxes2)
-        np.testing.assert_array_equal(masks1.dense(), masks2.dense())
+        planned = pipeline.paste(det, planned_probs, planned_sizes, sizes, plan)
+    for b, (graph_cells, planned_cells) in enumerate(zip(from_graph, planned)):
+        assert len(graph_cells) == len(planned_cells) == int(counts[b]) > 0
+        np.testing.assert_array_equal(graph_cells.boxes, planned_cells.boxes)
+        np.testing.assert_array_equal(graph_cells.masks, planned_cells.masks)

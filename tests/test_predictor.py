@@ -155,7 +155,7 @@ def test_the_default_backend_is_the_fast_path_for_the_device(models):
     """``backend="auto"`` (Predictor, from_models, CLI): eager on a CPU, torchscript on a GPU."""
     import inspect
 
-    from ancis_fast.backends.configure import resolve_backend
+    from ancis_fast.backends import resolve_backend
     from ancis_fast.cli import make_parser
 
     assert inspect.signature(Predictor).parameters["backend"].default == "auto"

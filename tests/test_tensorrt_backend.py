@@ -9,6 +9,7 @@ import torch
 
 from ancis_fast import Predictor
 from ancis_fast.backends import tensorrt as trt
+from ancis_fast.pipeline.preprocess import preprocess
 from ancis_fast.predictor import PredictorConfig
 from conftest import blob_image, random_models
 
@@ -64,12 +65,26 @@ def _fake_torch_tensorrt(calls):
         calls.append(kwargs)
         return module
 
+    def dynamo_compile(program, **kwargs):
+        calls.append(dict(kwargs, program=program))
+        return program.module()
+
     def save(module, path, **kwargs):
         assert kwargs["output_format"] == "exported_program" and kwargs["arg_inputs"]
-        torch.save(module, path)
+        if isinstance(kwargs["arg_inputs"][0], torch.Tensor):  # retrace=True: export again with example inputs
+            torch.export.save(torch.export.export(module, tuple(kwargs["arg_inputs"])), path)
+        else:
+            torch.save(module, path)
+
+    def load(path):
+        try:
+            return torch.export.load(path)
+        except Exception:  # not an exported program: a detector saved by torch.save
+            return torch.load(path, weights_only=False)
 
     fake.compile, fake.save = compile, save
-    fake.load = lambda path: torch.load(path, weights_only=False)
+    fake.dynamo = types.SimpleNamespace(compile=dynamo_compile)
+    fake.load = load
     return fake
 
 
@@ -142,13 +157,30 @@ def test_batches_above_the_engine_maximum_run_in_chunks(fake_trt, models):
         np.testing.assert_allclose(got.boxes, predictor.predict(image).boxes, atol=1e-3)
 
 
-def test_export_tensorrt_writes_the_engine_file(fake_trt, models, tmp_path):
-    predictor = Predictor.from_models(*models, backend="eager", config=PredictorConfig(input_size=SIZE))
-    out = trt.export_tensorrt(predictor, tmp_path / "out" / "detector.ep")
+def test_export_tensorrt_compiles_the_whole_static_pipeline(fake_trt, models, tmp_path):
+    """--format tensorrt: the static pipeline as one exported program, compiled by
+    torch_tensorrt.dynamo.compile with the native operators left to PyTorch; the file's
+    outputs are the AOTInductor export's (with the fake, the exported graph itself)."""
+    from ancis_fast.export import OUTPUTS, static_budgets, static_core
+
+    config = PredictorConfig(input_size=SIZE, max_detections=64)
+    predictor = Predictor.from_models(*models, backend="eager", config=config)
+    x = torch.cat([preprocess(blob_image(seed=s), SIZE)[0] for s in range(2)])
+    out = predictor.export(tmp_path / "out" / "pipeline.ep", format="tensorrt", batch_size=2, examples=x)
     assert out.is_file() and len(fake_trt) == 1
-    engine = torch.load(out, weights_only=False)
-    locs, conf, *features = engine(torch.rand(1, 3, *SIZE))
-    assert locs.shape[-1] == 4 and len(features) == 4
+    call = fake_trt[0]
+    assert call["arg_inputs"][0].shape == (2, 3, *SIZE) and call["enabled_precisions"] == {torch.float32}
+    assert call["torch_executed_ops"] == set(trt.NATIVE_OPS)
+    graph_ops = {str(node.target) for node in call["program"].graph.nodes if node.op == "call_function"}
+    assert {"ancis.detect.default", "ancis.crop_and_resize.default"} <= graph_ops  # the mask stage is in it
+    static = static_core(predictor, 2, examples=x, fmt="tensorrt")
+    assert static.shape_budgets == static_budgets(predictor.pipeline.core(), x)
+    engine = torch.export.load(out).module()
+    with torch.inference_mode():
+        for name, got, want in zip(OUTPUTS, engine(x), static(x)):
+            torch.testing.assert_close(got, want, atol=1e-5, rtol=0, msg=name)
+    again = predictor.export(tmp_path / "again.ep", format="tensorrt", batch_size=2, examples=x)
+    assert again.read_bytes() == out.read_bytes() and len(fake_trt) == 1  # from the engine cache
 
 
 def test_corrupt_cache_file_is_rebuilt(fake_trt, models):

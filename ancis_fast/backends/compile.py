@@ -1,7 +1,8 @@
 """``torch.compile`` backend: the fast pipeline's detector and mask decoder, compiled.
 
-The pipeline's code is unchanged: its ``detector`` and ``segmenter`` modules are replaced by
-wrappers with the same interface whose forward passes run compiled.
+The pipeline's code is unchanged: the registry (:func:`ancis_fast.backends.build`) hands it
+wrappers of the detector and mask network with the same interface whose forward passes run
+compiled, lazily, on the first images.
 
 - Detector: static shapes (``dynamic=False``; a batch size compiles once). On a GPU
   ``mode="max-autotune"``, which also captures CUDA graphs.
@@ -106,12 +107,3 @@ class CompiledSegmenter(nn.Module):
 
     def decode_logits(self, crops: List[Tensor]) -> Tensor:
         return self.segmenter.decode_logits(crops)
-
-
-def compile_pipeline(pipeline: nn.Module, device: torch.device) -> nn.Module:
-    """Wrap ``pipeline.detector`` and ``pipeline.segmenter`` (a
-    :class:`~ancis_fast.pipeline.fast.FastPipeline`) in place; compilation happens lazily,
-    on the first image. Returns ``pipeline``."""
-    pipeline.detector = CompiledDetector(pipeline.detector, device)
-    pipeline.segmenter = CompiledSegmenter(pipeline.segmenter, device)
-    return pipeline

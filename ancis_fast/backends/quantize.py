@@ -18,8 +18,9 @@ silenced here, and ``int8_available`` says why when a torch lacks it (tests skip
 # code it generates, which TorchScript must then read.
 import contextlib
 import copy
+import os
 import warnings
-from typing import Iterator, List, Sequence, Tuple
+from typing import Any, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -117,6 +118,18 @@ def quantize_trunk(detector: nn.Module, calibration: Sequence[Tensor]) -> Int8Tr
     for name in TRUNK_MODULES:  # the int8 trunk replaces them: don't keep (or export) their fp32 weights
         setattr(heads, name, nn.Identity())
     return Int8TrunkDetector(heads, trunk)
+
+
+def calibration_set(config, images: Optional[Sequence[Any]] = None) -> List[Tensor]:
+    """Network inputs ``[1,3,H,W]`` at ``config``'s input size and normalization that set
+    int8's activation ranges: of ``images`` (paths or arrays), else :func:`calibration_inputs`."""
+    if images is None:
+        return calibration_inputs(config.input_size, config.normalization)
+    from ..io.readers import read_image
+    from ..pipeline.preprocess import preprocess
+
+    return [preprocess(read_image(image) if isinstance(image, (str, os.PathLike)) else image, config.input_size,
+                       config.normalization)[0] for image in images]
 
 
 def calibration_inputs(input_size: Tuple[int, int], normalization=None, count: int = CALIBRATION_IMAGES) -> List[Tensor]:

@@ -1,7 +1,14 @@
-"""TensorRT backend: the BN-folded detector compiled by Torch-TensorRT, engines cached on disk.
+"""TensorRT: the detector, or the whole static pipeline, compiled by Torch-TensorRT; engines
+cached on disk.
 
-Only the detector (the whole-image network: ~all of the FLOPs) becomes a TensorRT engine;
-detection (NMS: data-dependent output sizes) and the mask stage stay in PyTorch.
+- ``backend="tensorrt"`` (:func:`tensorrt_detector`): the BN-folded detector (the whole-image
+  network: ~all of the FLOPs) becomes an engine for a batch range; detection and the mask
+  stage stay in PyTorch, planned per batch like ``eager``.
+- ``export --format tensorrt`` (:func:`tensorrt_pipeline`, :func:`export_tensorrt`): the whole
+  static fast pipeline (:class:`~ancis_fast.pipeline.fast.FastCore` with fixed boxes per crop
+  shape, as ``--format aoti``) exported with ``torch.export`` and compiled by
+  ``torch_tensorrt.dynamo.compile``: detector and mask decoder become TensorRT engines, the
+  native ``ancis`` operators (detection, crops) stay in PyTorch (``torch_executed_ops``).
 
 The engine is built with ``torch_tensorrt.compile(..., ir="dynamo")`` for a batch range
 (min, opt, max) at a fixed input size and saved with ``torch_tensorrt.save(...,
@@ -27,7 +34,6 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor, nn
 
-from .optimize import optimize_for_inference
 from .precision import check_precision
 
 CACHE_ENV = "ANCIS_FAST_TENSORRT_CACHE"
@@ -98,11 +104,14 @@ def gpu_name(device: torch.device) -> str:
 
 
 def cache_key(weights: str, input_size: Sequence[int], batch_range: Sequence[int], precision: str,
-              versions: Mapping[str, str], gpu: str) -> str:
-    """Hex key of an engine: changes when any of the things it was built for changes."""
+              versions: Mapping[str, str], gpu: str, settings: Optional[Mapping[str, Any]] = None) -> str:
+    """Hex key of an engine: changes when any of the things it was built for changes
+    (``settings``: anything else the graph depends on, e.g. a pipeline's thresholds and budgets)."""
     fields = {"weights": weights, "input_size": [int(s) for s in input_size],
               "batch_range": [int(b) for b in batch_range], "precision": precision,
               "versions": dict(sorted(versions.items())), "gpu": gpu}
+    if settings:
+        fields["settings"] = dict(settings)
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
 
 
@@ -162,14 +171,19 @@ def _build(torch_tensorrt: ModuleType, core: nn.Module, spec: Any, dtype: torch.
         enabled_precisions={dtype},
         torch_executed_ops=set(NATIVE_OPS),
     )
+    _save(torch_tensorrt, engine, path, [spec])
+    return engine
+
+
+def _save(torch_tensorrt: ModuleType, engine: nn.Module, path: Path, arg_inputs: List[Any]) -> None:
+    """``torch_tensorrt.save`` as an exported program, atomically (temp file, then rename)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     temp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
     try:
-        torch_tensorrt.save(engine, str(temp), output_format="exported_program", arg_inputs=[spec], retrace=True)
+        torch_tensorrt.save(engine, str(temp), output_format="exported_program", arg_inputs=arg_inputs, retrace=True)
         os.replace(temp, path)
     finally:
         temp.unlink(missing_ok=True)
-    return engine
 
 
 def _require_cuda(device: torch.device) -> None:
@@ -213,25 +227,59 @@ def _load_cached(torch_tensorrt: ModuleType, path: Path) -> Optional[nn.Module]:
         return None
 
 
-def export_tensorrt(predictor: Any, out_path: Union[str, os.PathLike],
-                    batch_range: Sequence[int] = DEFAULT_BATCH_RANGE, cache: Union[str, os.PathLike, None] = None) -> Path:
-    """Write the TensorRT engine of ``predictor``'s detector to ``out_path`` and return it.
+def tensorrt_pipeline(core: nn.Module, example: Tensor, precision: str = "fp32",
+                      cache: Union[str, os.PathLike, None] = None) -> Tuple[nn.Module, Path]:
+    """The whole static pipeline ``core`` (a fast-mode
+    :class:`~ancis_fast.pipeline.fast.FastCore` with fixed ``shape_budgets``, its networks
+    prepared at ``precision`` by the backend registry) compiled by Torch-TensorRT for inputs
+    shaped like ``example [B,3,H,W]`` fp32: ``torch.export`` (strict), then
+    ``torch_tensorrt.dynamo.compile`` with the native operators left to PyTorch. Outputs as
+    the module's (:data:`ancis_fast.export.OUTPUTS`). Cached like :func:`tensorrt_detector`;
+    returns the module and its file."""
+    device = example.device
+    _require_cuda(device)
+    torch_tensorrt = import_torch_tensorrt()
+    if core.mode != "fast" or core.shape_budgets is None:
+        raise ValueError("a TensorRT pipeline needs the static fast mode: mode='fast' and fixed shape_budgets")
+    dtype = check_precision(precision)
+    settings = {"batch": int(example.shape[0]), "box_budget": core.max_det, "shape_budgets": core.shape_budgets,
+                "crop_sizes": core.crop_sizes, "thresholds": [core.conf_thresh, core.nms_thresh],
+                "pre_nms_top_k": core.pre_nms_top_k}
+    key = cache_key(weights_digest(core), core.input_size, [example.shape[0]] * 3, precision, runtime_versions(),
+                    gpu_name(device), settings)
+    path = cache_dir(cache) / f"pipeline-{key[:32]}.ep"
+    engine = _load_cached(torch_tensorrt, path)
+    if engine is None:
+        with torch.no_grad():
+            program = torch.export.export(core, (example,), strict=True)
+        engine = torch_tensorrt.dynamo.compile(program, arg_inputs=[example], enabled_precisions={dtype},
+                                               torch_executed_ops=set(NATIVE_OPS), min_block_size=1)
+        _save(torch_tensorrt, engine, path, [example])
+    return engine, path
 
-    The file is a Torch-TensorRT exported program (``torch_tensorrt.save(...,
-    output_format="exported_program")``); ``torch_tensorrt.load(out_path).module()`` gives a
-    module mapping ``x [B, 3, H, W]`` (B in ``batch_range``, H x W = the predictor's input size,
-    dtype = its precision, BGR in [0, 1]) to ``(locs, conf, c1, c2, a3, a4)`` (see
-    :class:`DetectorCore`). Built (or taken from the engine cache) on the predictor's device,
-    which must be an NVIDIA GPU; the predictor may use any backend.
+
+def export_tensorrt(predictor: Any, out_path: Union[str, os.PathLike], batch_size: int = 1,
+                    box_budget: Optional[int] = None, examples: Optional[Tensor] = None,
+                    shape_budgets: Optional[Sequence[int]] = None, cache: Union[str, os.PathLike, None] = None) -> Path:
+    """Write the TensorRT-compiled whole static pipeline of ``predictor`` to ``out_path``.
+
+    The pipeline and its budgets are those of ``--format aoti``
+    (:func:`ancis_fast.export.static_core`: fixed ``batch_size``, boxes per crop shape from
+    ``examples`` with 2x headroom unless ``shape_budgets`` are given), compiled by
+    :func:`tensorrt_pipeline` on the predictor's device (an NVIDIA GPU) at its precision. The
+    file is a Torch-TensorRT exported program: ``torch_tensorrt.load(out_path).module()(x)``
+    with ``x [batch_size, 3, H, W]`` float32 gives :data:`ancis_fast.export.OUTPUTS`.
     """
-    folded = optimize_for_inference(predictor.detector, channels_last=True).eval()
-    trt = tensorrt_detector(folded, predictor.config.input_size, predictor.device,
-                            predictor.config.precision, batch_range, cache)
+    from ..export import static_core, static_input
+
+    _require_cuda(predictor.device)
+    core = static_core(predictor, batch_size, box_budget, examples, shape_budgets, "tensorrt")
+    _, path = tensorrt_pipeline(core, static_input(predictor, batch_size), predictor.config.precision, cache)
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     temp = out_path.with_name(f".{out_path.name}.{os.getpid()}.tmp")
     try:
-        shutil.copyfile(trt.path, temp)
+        shutil.copyfile(path, temp)
         os.replace(temp, out_path)
     finally:
         temp.unlink(missing_ok=True)

@@ -77,6 +77,13 @@ def _warn_once(key: str, message: str) -> None:
     warnings.warn(message, RuntimeWarning, stacklevel=4)
 
 
+def tracing() -> bool:
+    """Whether the caller is being scripted, compiled or exported. An op wrapper then calls
+    ``torch.ops.ancis.<op>`` itself (as torchvision's do): its value checks read tensors on
+    the host, which a graph cannot hold, and the graph records the op, not a fallback."""
+    return torch.jit.is_scripting() or torch.compiler.is_compiling()
+
+
 def use_native(op: str, *tensors: Tensor) -> bool:
     """Whether ``op`` should run natively on these tensors; warns once per process (and once
     more for CUDA tensors without CUDA kernels) when it falls back to torch."""

@@ -13,7 +13,7 @@ Two kinds of boxes, told apart by dtype:
   outside it; ``(h, w)`` equal to the crop size gives the crop itself, exactly. Bounds are
   clipped to the map; an empty crop gives zeros.
 """
-from __future__ import annotations
+# No `from __future__ import annotations`: TorchScript reads the wrappers' annotations.
 
 from typing import List, Sequence, Tuple
 
@@ -45,7 +45,7 @@ def _check(features: Tensor, boxes: Tensor, batch_idx: Tensor, out_size: Sequenc
     return _checks.size2(out_size, "out_size", op)
 
 
-def crop_and_resize(features: Tensor, boxes: Tensor, batch_idx: Tensor, out_size: Sequence[int],
+def crop_and_resize(features: Tensor, boxes: Tensor, batch_idx: Tensor, out_size: List[int],
                     align_corners: bool = False) -> Tensor:
     """Bilinear crops of ``K`` boxes, box-parallel.
 
@@ -58,7 +58,18 @@ def crop_and_resize(features: Tensor, boxes: Tensor, batch_idx: Tensor, out_size
         align_corners: sample grid convention, see the module docstring.
     Returns:
         ``[K, C, h, w]`` in the dtype of ``features``.
+
+    Scripted, compiled or exported, this is ``torch.ops.ancis.crop_and_resize`` unchecked
+    (see :func:`~ancis_fast.ops._native.tracing`).
     """
+    if _native.tracing():
+        return torch.ops.ancis.crop_and_resize(features, boxes, batch_idx, out_size, align_corners)
+    return _crop_and_resize_checked(features, boxes, batch_idx, out_size, align_corners)
+
+
+@torch.jit.unused
+def _crop_and_resize_checked(features: Tensor, boxes: Tensor, batch_idx: Tensor, out_size: List[int],
+                             align_corners: bool) -> Tensor:
     h, w = _check(features, boxes, batch_idx, out_size)
     if _native.use_native("crop_and_resize", features, boxes, batch_idx):
         return torch.ops.ancis.crop_and_resize(features, boxes, batch_idx, [h, w], bool(align_corners))

@@ -4,7 +4,7 @@ Fused softmax + strict ``>`` threshold + pre-NMS top-k + per-class greedy NMS + 
 Results are identical to ``reference.detect`` followed by ``reference.detections_of_image``
 for every image, quirks included (the 200-candidate cap; ``pre_nms_top_k=None`` lifts it).
 """
-from __future__ import annotations
+# No `from __future__ import annotations`: TorchScript reads the wrappers' annotations.
 
 from typing import List, Optional, Sequence, Tuple
 
@@ -44,7 +44,7 @@ def _check(locs: Tensor, conf_logits: Tensor, priors: Tensor, pre_nms_top_k: Opt
 
 def detect_padded(locs: Tensor, conf_logits: Tensor, priors: Tensor, conf_thresh: float = 0.3,
                   nms_thresh: float = 0.3, pre_nms_top_k: Optional[int] = 200, max_det: int = 500,
-                  variances: Sequence[float] = VARIANCES) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+                  variances: Tuple[float, float] = VARIANCES) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     """:func:`detect` with fixed-size outputs (no host synchronisation, export-friendly).
 
     Args:
@@ -59,7 +59,21 @@ def detect_padded(locs: Tensor, conf_logits: Tensor, priors: Tensor, conf_thresh
         ``locs``), ``labels [B, M]`` int64 and ``counts [B]`` int64, with
         ``M = (nc - 1) * max_det``; image ``b`` has ``counts[b]`` detections sorted by
         descending score (stable: class order, then rank), zero rows after them.
+
+    Scripted, compiled or exported, this is ``torch.ops.ancis.detect`` unchecked (see
+    :func:`~ancis_fast.ops._native.tracing`).
     """
+    if _native.tracing():
+        return torch.ops.ancis.detect(locs, conf_logits, priors, conf_thresh, nms_thresh, pre_nms_top_k, max_det,
+                                      [variances[0], variances[1]])
+    return _detect_padded_checked(locs, conf_logits, priors, conf_thresh, nms_thresh, pre_nms_top_k, max_det,
+                                  variances)
+
+
+@torch.jit.unused
+def _detect_padded_checked(locs: Tensor, conf_logits: Tensor, priors: Tensor, conf_thresh: float, nms_thresh: float,
+                           pre_nms_top_k: Optional[int], max_det: int,
+                           variances: Tuple[float, float]) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     _check(locs, conf_logits, priors, pre_nms_top_k, max_det, variances)
     args = (float(conf_thresh), float(nms_thresh), None if pre_nms_top_k is None else int(pre_nms_top_k),
             int(max_det), [float(v) for v in variances])

@@ -2,7 +2,8 @@
 
 Differences from :mod:`ancis_fast.pipeline.reference` (same models, same maths):
 
-- the detector is BN-folded with fused attention (:mod:`ancis_fast.backends.optimize`);
+- the modules are used as given: the backend registry (:func:`ancis_fast.backends.build`)
+  prepares them (BN folded, fused attention, channels-last, precision, scripting, ...);
 - detection is one fused native call for the whole batch (``ops.detect_padded``); detections
   stay padded ``[B, M]`` with a count per image, ``M`` a *box budget*;
 - ``layer_c0`` runs on each box's crop plus a 2-pixel halo (its receptive field) instead of
@@ -27,20 +28,22 @@ Differences from :mod:`ancis_fast.pipeline.reference` (same models, same maths):
   host once per batch.
 """
 # No `from __future__ import annotations`: TorchScript reads FastCore's class annotations.
-import copy
 from dataclasses import dataclass
-from typing import List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 from .. import ops
-from ..backends.optimize import optimize_for_inference
-from ..backends.torchscript import script
+from ..instances import Instances
 from ..masks import PatchMasks, tight_patch
 from ..models.priors import make_priors
 from ..ops.crop_and_resize import level_crop_bounds_unchecked
+from .stages import StageTimer, image_scale, untimed
+
+if TYPE_CHECKING:
+    from ..config import PredictorConfig
 
 MODES = ("fast", "exact")
 HALO = 2  # layer_c0 is two 3x3 convs: a 2-pixel halo makes the crop's features exact
@@ -110,39 +113,6 @@ def size_classes(bounds0: Tensor, edges: Tensor) -> Tensor:
 def level_shape(size0: int, level: int) -> int:
     """Crop length on ``level`` for a level-0 length, as the stride-2 pyramid halves it."""
     return max(3, int(round(size0 / 2**level)))
-
-
-# The op calls of FastCore go straight to the native op when scripted, exported or compiled
-# (the Python wrappers check values on the host); eagerly through the checked wrapper, which
-# has a pure-torch fallback.
-
-def _tracing() -> bool:
-    return torch.jit.is_scripting() or torch.compiler.is_compiling()
-
-
-@torch.jit.unused
-def _detect_padded_eager(locs: Tensor, conf: Tensor, priors: Tensor, conf_thresh: float, nms_thresh: float,
-                         pre_nms_top_k: Optional[int], max_det: int) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
-    return ops.detect_padded(locs, conf, priors, conf_thresh, nms_thresh, pre_nms_top_k, max_det)
-
-
-def _detect_padded(locs: Tensor, conf: Tensor, priors: Tensor, conf_thresh: float, nms_thresh: float,
-                   pre_nms_top_k: Optional[int], max_det: int) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
-    if _tracing():
-        return torch.ops.ancis.detect(locs, conf, priors, conf_thresh, nms_thresh, pre_nms_top_k, max_det)
-    return _detect_padded_eager(locs, conf, priors, conf_thresh, nms_thresh, pre_nms_top_k, max_det)
-
-
-@torch.jit.unused
-def _crop_and_resize_eager(features: Tensor, boxes: Tensor, batch_idx: Tensor, out_size: List[int]) -> Tensor:
-    return ops.crop_and_resize(features, boxes, batch_idx, out_size, align_corners=True)
-
-
-def _crop_and_resize(features: Tensor, boxes: Tensor, batch_idx: Tensor, out_size: List[int]) -> Tensor:
-    """``ops.crop_and_resize(..., align_corners=True)``."""
-    if _tracing():
-        return torch.ops.ancis.crop_and_resize(features, boxes, batch_idx, out_size, True)
-    return _crop_and_resize_eager(features, boxes, batch_idx, out_size)
 
 
 def _inside_axis(lo: Tensor, hi: Tensor, n: int, limit: int) -> Tensor:
@@ -301,8 +271,8 @@ class FastCore(nn.Module):
     def detect_padded(self, locs: Tensor, conf: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
         """``ops.detect_padded`` with this model's priors, thresholds and box budget:
         ``boxes [B,M,4]``, ``scores [B,M]``, ``labels [B,M]``, ``counts [B]``."""
-        return _detect_padded(locs.float(), conf.float(), self.priors, self.conf_thresh, self.nms_thresh,
-                              self.pre_nms_top_k, self.max_det)
+        return ops.detect_padded(locs.float(), conf.float(), self.priors, self.conf_thresh, self.nms_thresh,
+                                 self.pre_nms_top_k, self.max_det)
 
     def crop_bounds(self, boxes: Tensor, counts: Tensor, level_sizes: List[List[int]]) -> Tuple[Tensor, Tensor]:
         """Spec §5 crops of padded boxes ``[B,M,4]``, flattened: ``bounds [B*M, L, 4]`` and
@@ -450,7 +420,7 @@ class FastCore(nn.Module):
         if level == 0:
             crop = self._c0_crops(image, bounds, batch_idx, shape)
         else:
-            crop = _crop_and_resize(features[level], bounds, batch_idx, shape)
+            crop = ops.crop_and_resize(features[level], bounds, batch_idx, shape, align_corners=True)
         return self._layout(crop)
 
     def _layout(self, x: Tensor) -> Tensor:
@@ -472,7 +442,8 @@ class FastCore(nn.Module):
                                   b[:, 2] + halo * step_y, b[:, 3] + halo * step_x], dim=1)
         halo_size = [out_h + 2 * halo, out_w + 2 * halo]
         inside = _inside_image(halo_boxes, halo_size, image.shape[-2], image.shape[-1])
-        crops = self._layout(_crop_and_resize(image, halo_boxes, batch_idx, halo_size) * inside)
+        crops = ops.crop_and_resize(image, halo_boxes, batch_idx, halo_size, align_corners=True)
+        crops = self._layout(crops * inside)
         features = self.segmenter.encode_c0(crops, inside)
         return features[:, :, halo : halo + out_h, halo : halo + out_w]
 
@@ -480,25 +451,41 @@ class FastCore(nn.Module):
 class FastPipeline(FastCore):
     """Detector + detection + batched mask stage + device paste (the fast backends' pipeline).
 
-    The stages are methods so that the Predictor can time them: :meth:`run_detector`,
-    :meth:`detect`, :meth:`segment` (at a box budget read once per batch, see
-    :func:`box_budget`) and :meth:`paste`. With ``scripted`` the detector and the mask network
-    run as TorchScript. ``prior_height``: see :class:`~ancis_fast.predictor.PredictorConfig`.
+    :meth:`run` takes a batch of network inputs to :class:`~ancis_fast.Instances`, the stage
+    interface it shares with :class:`~ancis_fast.pipeline.reference.ReferencePipeline`; its
+    stages are methods (:meth:`run_detector`, :meth:`detect`, :meth:`plan`, :meth:`segment`,
+    :meth:`paste`). The modules are run as given (see :func:`ancis_fast.backends.build`).
+    ``prior_height``: see :class:`~ancis_fast.config.PredictorConfig`.
     """
 
     def __init__(self, detector: nn.Module, segmenter: nn.Module, input_size: Tuple[int, int],
                  conf_thresh: float = 0.3, nms_thresh: float = 0.3, mode: str = "fast",
                  pre_nms_top_k: int | None = 200, max_det: int = 500, channels_last: bool = True,
-                 scripted: bool = False, prior_height: int | None = None, crop_sizes: Sequence[int] = CROP_SIZES):
-        detector = optimize_for_inference(detector, channels_last=channels_last).eval()
-        segmenter = copy.deepcopy(segmenter).eval()
-        if channels_last:  # weights in the crops' layout: no per-call weight conversion
-            segmenter = segmenter.to(memory_format=torch.channels_last)
-        if scripted:
-            detector, segmenter = script(detector), script(segmenter)
+                 prior_height: int | None = None, crop_sizes: Sequence[int] = CROP_SIZES, seg_thresh: float = 0.5):
         priors = make_priors(*input_size, scale_height=prior_height).clone()
         super().__init__(detector, segmenter, priors, tuple(input_size), conf_thresh, nms_thresh, mode,
                          pre_nms_top_k, max_det, channels_last, crop_sizes)
+        self.seg_thresh = float(seg_thresh)
+
+    @classmethod
+    def from_config(cls, detector: nn.Module, segmenter: nn.Module, config: "PredictorConfig",
+                    device: torch.device) -> "FastPipeline":
+        """The pipeline of ``config`` on ``device``, running the modules of a fast backend."""
+        return cls(detector, segmenter, config.input_size, config.conf_thresh, config.nms_thresh, config.mode,
+                   config.max_candidates, config.max_detections, prior_height=config.prior_height,
+                   crop_sizes=config.crop_sizes, seg_thresh=config.seg_thresh).to(device)
+
+    def run(self, batch: Tensor, original_sizes: List[Tuple[int, int]],
+            timed: StageTimer = untimed) -> List[Instances]:
+        """Segment network inputs ``batch [B,3,H,W]`` of images of ``original_sizes`` ``(H, W)``:
+        one :class:`~ancis_fast.Instances` per image, in its own pixels. Each stage runs
+        through ``timed`` (see :mod:`ancis_fast.pipeline.stages`)."""
+        with torch.inference_mode():
+            x, locs, conf, features = timed("detector", self.run_detector, batch)
+            detections = timed("detect", self.detect, locs, conf)
+            plan = timed("detect", self.plan, detections, original_sizes)  # the one read of the device
+            probs, mask_sizes = timed("mask", self.segment, x, features, detections, plan)
+            return timed("paste", self.paste, detections, probs, mask_sizes, original_sizes, plan)
 
     def detect(self, locs: Tensor, conf: Tensor) -> PaddedDetections:
         """:meth:`FastCore.detect_padded` as :class:`PaddedDetections` (``M = max_det``)."""
@@ -534,16 +521,15 @@ class FastPipeline(FastCore):
         return self.segment_padded(image, features, det.boxes, det.counts, plan.shape_budgets)
 
     def paste(self, det: PaddedDetections, probs: Tensor, mask_sizes: Tensor, original_sizes: List[Tuple[int, int]],
-              seg_thresh: float, plan: "BatchPlan") -> List[Tuple[Tensor, Tensor, Tensor, PatchMasks]]:
+              plan: "BatchPlan") -> List[Instances]:
         """Spec §6 masks of every image at its original size, made on the device as per-box
-        windows (``plan.windows``) and copied to the host once: per image
-        ``(boxes [n,4], scores [n], labels [n], masks)``, boxes in network-input pixels,
-        ``n = counts[b]``, masks :class:`~ancis_fast.masks.PatchMasks`."""
+        windows (``plan.windows``) and copied to the host once: per image its ``counts[b]``
+        detections as :class:`~ancis_fast.Instances` in its own pixels."""
         det = det.head(plan.image_budget)  # outputs of a wider static graph are cut to the plan too
         probs, mask_sizes = probs[:, : plan.image_budget], mask_sizes[:, : plan.image_budget]
         pasted: List[Tensor] = []
         for b, original_size in enumerate(original_sizes):
-            pasted.extend(ops.paste_windows(probs[b], det.boxes[b], self.input_size, original_size, seg_thresh,
+            pasted.extend(ops.paste_windows(probs[b], det.boxes[b], self.input_size, original_size, self.seg_thresh,
                                             mask_sizes=mask_sizes[b], window=plan.windows[b]))
         host = _to_host([det.boxes, det.scores, det.labels, det.counts] + pasted)
         boxes, scores, labels, counts = host[:4]
@@ -551,7 +537,8 @@ class FastPipeline(FastCore):
         for b, original_size in enumerate(original_sizes):
             n = int(counts[b])
             masks = _patch_masks(host[4 + 2 * b][:n].numpy(), host[5 + 2 * b][:n].numpy(), original_size)
-            results.append((boxes[b, :n], scores[b, :n], labels[b, :n], masks))
+            results.append(Instances((boxes[b, :n] * image_scale(self.input_size, original_size)).numpy(),
+                                     scores[b, :n].numpy(), masks, labels[b, :n].numpy()))
         return results
 
 

@@ -3,14 +3,21 @@ quirks included. It is the yardstick for every fast path: keep it simple and lit
 """
 from __future__ import annotations
 
-from typing import List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from ..boxes import decode
+from ..instances import Instances
+from ..masks import PatchMasks, tight_patch
+from ..models.priors import make_priors
+from .stages import StageTimer, image_scale, untimed
+
+if TYPE_CHECKING:
+    from ..config import PredictorConfig
 
 PRE_NMS_TOP_K = 200  # (quirk) hard-coded candidate cap of the release
 TOP_K = 500
@@ -173,3 +180,50 @@ def paste_mask(prob: np.ndarray, box: Tensor, input_size: Tuple[int, int], origi
     if canvas.shape != tuple(original_size):
         canvas = cv2.resize(canvas, (original_size[1], original_size[0]), interpolation=cv2.INTER_NEAREST)
     return canvas.astype(bool)
+
+
+class ReferencePipeline:
+    """Spec §2-§6 one image and one box at a time, with the release's modules as they are:
+    the yardstick of the fast pipelines, behind the same stage interface
+    (:mod:`ancis_fast.pipeline.stages`)."""
+
+    def __init__(self, detector: nn.Module, segmenter: nn.Module, config: "PredictorConfig", device: torch.device):
+        self.detector, self.segmenter, self.config = detector, segmenter, config
+        self.priors = make_priors(*config.input_size, device=device, scale_height=config.prior_height)
+
+    def run(self, batch: Tensor, original_sizes: List[Tuple[int, int]],
+            timed: StageTimer = untimed) -> List[Instances]:
+        """One :class:`~ancis_fast.Instances` per image of ``batch [B,3,H,W]``, in its
+        ``original_sizes`` pixels; stages through ``timed``."""
+        with torch.inference_mode():
+            return [self._run_image(batch[b : b + 1], size, timed) for b, size in enumerate(original_sizes)]
+
+    def _run_image(self, x: Tensor, original_size: Tuple[int, int], timed: StageTimer) -> Instances:
+        cfg = self.config
+        locs, conf, features = timed("detector", self.detector, x)
+        detected = timed("detect", detect, locs, conf, self.priors, cfg.conf_thresh, cfg.nms_thresh,
+                         cfg.max_detections, cfg.max_candidates)
+        boxes, scores, labels, probs = timed("mask", self._segment, detected, features)
+        return timed("paste", self._paste, boxes, scores, labels, probs, original_size)
+
+    def _segment(self, detected: Tensor, features: List[Tensor]):
+        """Spec §5 for the detections of one image: ``(boxes, scores, labels, probs)``."""
+        boxes, scores, labels = detections_of_image(detected[0].cpu())
+        features = [self.segmenter.encode_c0(features[0])] + list(features[1:])
+        return boxes, scores, labels, segment(self.segmenter, features, boxes)
+
+    def _paste(self, boxes: Tensor, scores: Tensor, labels: Tensor, probs: List[Optional[Tensor]],
+               original_size: Tuple[int, int]) -> Instances:
+        """Spec §6 for every detection with score >= conf_thresh (Detect already kept > only)."""
+        cfg = self.config
+        keep = (scores >= cfg.conf_thresh).nonzero().flatten().tolist()
+        patches, origins = [], []
+        for i in keep:
+            dense = (np.zeros(original_size, bool) if probs[i] is None else paste_mask(
+                probs[i].float().cpu().numpy(), boxes[i], cfg.input_size, original_size, cfg.seg_thresh))
+            patch, origin = tight_patch(dense)  # one dense mask at a time keeps memory bounded
+            patches.append(patch)
+            origins.append(origin)
+        masks = PatchMasks(patches, np.array(origins, np.int64).reshape(-1, 2), original_size)
+        return Instances((boxes[keep] * image_scale(cfg.input_size, original_size)).numpy(), scores[keep].numpy(),
+                         masks, labels[keep].numpy())

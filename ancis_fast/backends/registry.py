@@ -1,0 +1,125 @@
+"""The backends: one registry that turns a detector and a mask network into the modules a
+pipeline runs (:func:`build`). Predictor and export both go through it.
+
+Every fast backend starts from the same inference rewrite (BN folded, fused attention,
+channels-last weights: :func:`~ancis_fast.backends.optimize.optimize_for_inference`) at the
+configured precision (:mod:`~ancis_fast.backends.precision`, :mod:`~ancis_fast.backends.quantize`),
+then scripts, compiles or builds an engine. ``reference`` keeps the release's modules as they
+are, for :class:`~ancis_fast.pipeline.reference.ReferencePipeline`.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from .optimize import optimize_for_inference
+from .precision import INT8, CastDetector, CastSegmenter, check_precision, resolve_precision
+from .torchscript import script
+
+if TYPE_CHECKING:
+    from ..config import PredictorConfig
+
+Modules = Tuple[nn.Module, nn.Module]  # (detector, segmenter)
+
+
+@dataclass(frozen=True)
+class Backend:
+    """One way to run the networks: ``prepare(detector, segmenter, config, device,
+    calibration, **options)`` returns the ``(detector, segmenter)`` to run, on ``device``."""
+
+    name: str
+    summary: str  # one line, for --help and README
+    prepare: Callable[..., Modules]
+
+
+def _reference(detector: nn.Module, segmenter: nn.Module, config: "PredictorConfig", device: torch.device,
+               calibration: Optional[List[Tensor]]) -> Modules:
+    return detector.to(device).eval(), segmenter.to(device).eval()
+
+
+def _eager(detector: nn.Module, segmenter: nn.Module, config: "PredictorConfig", device: torch.device,
+           calibration: Optional[List[Tensor]]) -> Modules:
+    detector = optimize_for_inference(detector, channels_last=True).to(device).eval()
+    # weights in the crops' layout: no per-call weight conversion
+    segmenter = copy.deepcopy(segmenter).to(device).eval().to(memory_format=torch.channels_last)
+    dtype = check_precision(config.precision)  # build() checked it for the device and backend
+    if config.precision == INT8:
+        from .quantize import quantize_trunk
+
+        return quantize_trunk(detector, calibration), segmenter
+    if dtype != torch.float32:
+        return CastDetector(detector, dtype), CastSegmenter(segmenter, dtype)
+    return detector, segmenter
+
+
+def _torchscript(*args: Any) -> Modules:
+    detector, segmenter = _eager(*args)
+    return script(detector), script(segmenter)
+
+
+def _compile(detector: nn.Module, segmenter: nn.Module, config: "PredictorConfig", device: torch.device,
+             calibration: Optional[List[Tensor]]) -> Modules:
+    from .compile import CompiledDetector, CompiledSegmenter
+
+    detector, segmenter = _eager(detector, segmenter, config, device, calibration)
+    return CompiledDetector(detector, device), CompiledSegmenter(segmenter, device)
+
+
+def _tensorrt(detector: nn.Module, segmenter: nn.Module, config: "PredictorConfig", device: torch.device,
+              calibration: Optional[List[Tensor]], **options: Any) -> Modules:
+    from .tensorrt import tensorrt_detector
+
+    fp32 = config.with_overrides(precision="fp32")  # the engine runs the detector at the precision itself
+    folded, segmenter = _eager(detector, segmenter, fp32, device, calibration)
+    dtype = check_precision(config.precision)
+    if dtype != torch.float32:
+        segmenter = CastSegmenter(segmenter, dtype)
+    return tensorrt_detector(folded, config.input_size, device, config.precision, **options), segmenter
+
+
+#: every backend, by name; ``auto`` (see :data:`AUTO_BACKENDS`) picks one of them
+REGISTRY: Dict[str, Backend] = {b.name: b for b in (
+    Backend("reference", "spec-exact, one image and one box at a time (the yardstick; slowest)", _reference),
+    Backend("eager", "the batched fast pipeline (pipeline.fast) in PyTorch", _eager),
+    Backend("torchscript", "the same with scripted networks", _torchscript),
+    Backend("compile", "the same with torch.compile'd networks (the first images compile for minutes)", _compile),
+    Backend("tensorrt", "the same with the detector as a TensorRT engine (NVIDIA GPU, pip install .[tensorrt])",
+            _tensorrt),
+)}
+BACKENDS = tuple(REGISTRY)
+AUTO = "auto"
+#: what ``Predictor(backend=...)`` and ``--backend`` accept: ``auto`` resolves to one of BACKENDS
+BACKEND_CHOICES = (AUTO,) + BACKENDS
+#: ``auto`` per device type. Measured (README, "Backends"): on a CPU ``eager`` is as fast as
+#: ``torchscript`` without its scripting time; on a GPU ``torchscript`` was the faster of the
+#: two. ``compile`` (minutes of compiling) and ``tensorrt`` (extra install) are never chosen.
+AUTO_BACKENDS = {"cpu": "eager", "cuda": "torchscript"}
+
+
+def resolve_backend(backend: str, device: torch.device) -> str:
+    """``backend``, or for ``"auto"`` the fast backend chosen for ``device``'s type
+    (:data:`AUTO_BACKENDS`; ``eager`` on other devices)."""
+    if backend not in BACKEND_CHOICES:
+        raise ValueError(f"backend={backend!r} is not available; choose one of {BACKEND_CHOICES}")
+    return AUTO_BACKENDS.get(device.type, "eager") if backend == AUTO else backend
+
+
+def build(name: str, detector: nn.Module, segmenter: nn.Module, config: "PredictorConfig", device: torch.device,
+          calibration: Optional[Sequence[Any]] = None, **options: Any) -> Modules:
+    """The ``(detector, segmenter)`` that backend ``name`` (or ``"auto"``) runs at
+    ``config.precision`` on ``device``; the given modules are not changed (fast backends
+    work on copies). ``calibration``: images (paths or arrays) that set int8's activation
+    ranges (default: seeded synthetic images). ``options`` go to the backend (``tensorrt``:
+    :func:`~ancis_fast.backends.tensorrt.tensorrt_detector`'s ``batch_range`` and ``cache``)."""
+    name = resolve_backend(name, device)
+    resolve_precision(config.precision, device, name)
+    inputs = None
+    if config.precision == INT8:
+        from .quantize import calibration_set
+
+        inputs = calibration_set(config, calibration)
+    return REGISTRY[name].prepare(detector, segmenter, config, device, inputs, **options)
