@@ -25,9 +25,9 @@ ASSETS = Path(ancis_fast.__file__).parent / "assets"
 # AP@0.5 0.790, F1 0.874; the 4 synthetic images below AP@0.5 0.871
 REAL_AP50_FLOOR, REAL_F1_FLOOR = 0.75, 0.83
 SYNTH_AP50_FLOOR = 0.82
-# 5th percentile of fast mode's matched-cell mask IoU against the reference; the issue asks
-# 0.88 everywhere; the synthetic set measures 0.874 (README, "Performance")
-FAST_P5_FLOORS = {"real": 0.88, "synthetic": 0.86, "large": 0.88}
+# 5th percentile of fast mode's matched-cell mask IoU against the reference, as issue #16 asks
+# (measured 0.926 / 0.909 / 0.904: README, "Backends")
+FAST_P5_FLOOR = 0.88
 # (DSB score, F1@0.5) floors on the validation split of ../shared/data/dsb2018, per image class
 # (README, "The default model": eager backend)
 VAL_FLOORS = {"all": (0.49, 0.80), "fluorescence": (0.58, 0.88), "tissue": (0.17, 0.58), "brightfield": (0.04, 0.18)}
@@ -93,7 +93,8 @@ def test_fast_mode_agrees_with_reference(predictor, name):
     reference, at zoom 1: the same detections (boxes, scores within 1e-4); on matched cells
     mean mask IoU >= 0.95 and 5th percentile >= 0.88 (exact: >= 0.99 mean); AP@0.5 against
     the truth no more than 0.01 below the reference's (fast mode scores higher on the real
-    image: 0.802 against 0.790)."""
+    image, 0.802 against 0.790: one cell, matched to the reference's at mask IoU 0.98, meets
+    its true nucleus at IoU 0.503 where the reference's meets it at 0.496)."""
     pairs = _agreement_sets()[name]
     plain = Predictor.from_models(predictor.detector, predictor.segmenter, backend="reference",
                                   config=replace(predictor.config, zoom=1.0))
@@ -112,7 +113,7 @@ def test_fast_mode_agrees_with_reference(predictor, name):
         if mode == "exact":
             assert ious.mean() >= 0.99, (name, ious.mean())
             continue
-        assert ious.mean() >= 0.95 and np.percentile(ious, 5) >= FAST_P5_FLOORS[name], (
+        assert ious.mean() >= 0.95 and np.percentile(ious, 5) >= FAST_P5_FLOOR, (
             name, ious.mean(), np.percentile(ious, 5))
     ap50 = {}
     for key in ("reference", "fast"):

@@ -47,10 +47,11 @@ if TYPE_CHECKING:
 
 MODES = ("fast", "exact")
 HALO = 2  # layer_c0 is two 3x3 convs: a 2-pixel halo makes the crop's features exact
-#: fast mode's level-0 crop lengths (px; steps of about 1.25x): per axis, a box is decoded at the
-#: one nearest its native level-0 length (in log scale), so shapes are pairs of these. One
-#: fixed size for every box loses much where boxes are far from it (README, "Backends")
-CROP_SIZES = (8, 10, 12, 16, 20, 24, 32, 40, 48, 64, 80, 96, 128)
+#: fast mode's level-0 crop lengths (px; 6, then steps of about 1.25x): per axis, a box is decoded
+#: at the one nearest its native level-0 length (in log scale), so shapes are pairs of these. One
+#: fixed size for every box loses much where boxes are far from it; without 6, boxes of about 5 px
+#: (stretched to 8) were the worst matched cells (README, "Backends")
+CROP_SIZES = (6, 8, 10, 12, 16, 20, 24, 32, 40, 48, 64, 80, 96, 128)
 NUM_LEVELS = 5  # c0..c4
 #: box budgets are powers of two from this up (past the top, the caller's limit): few
 #: distinct shapes (one CUDA graph / TensorRT profile each), at most 2x padded boxes
