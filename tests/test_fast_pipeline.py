@@ -271,3 +271,21 @@ def test_outputs_of_a_wider_static_graph_paste_like_the_planned_path(soft_models
         assert len(graph_cells) == len(planned_cells) == int(counts[b]) > 0
         np.testing.assert_array_equal(graph_cells.boxes, planned_cells.boxes)
         np.testing.assert_array_equal(graph_cells.masks, planned_cells.masks)
+
+
+def test_no_box_has_more_levels_than_its_crop_shape_decodes(soft_models):
+    """Fast mode skips the decoder steps deeper than ``max_levels`` of a crop shape; every box
+    of the shape must have at most that many levels (spec §5's own count, from the reference
+    rule in ops.level_crop_bounds), whatever its size and place, borders included."""
+    pipeline = FastPipeline(*soft_models, (512, 384))
+    gen = torch.Generator().manual_seed(5)
+    corner = torch.rand(20000, 2, generator=gen) * torch.tensor([560.0, 430.0]) - 24
+    size = torch.exp(torch.rand(20000, 2, generator=gen) * 5.5) + 1  # 2 to 250 px, log-uniform
+    boxes = torch.cat([corner, corner + size], dim=1)[None]
+    level_sizes = [[512 // 2**k, 384 // 2**k] for k in range(5)]
+    bounds, num_levels = pipeline.crop_bounds(boxes, torch.tensor([boxes.shape[1]]), level_sizes)
+    classes = size_classes(bounds[:, 0], pipeline.size_edges)
+    caps = torch.tensor([pipeline.max_levels(i, level_sizes) for i in range(len(pipeline.crop_shapes))])
+    assert (num_levels <= caps[classes]).all()
+    assert (caps[classes] - num_levels).float().mean() < 1.5  # not far above the levels boxes have
+    assert caps.min() <= 3 and caps.max() == 5  # small shapes skip the deep steps

@@ -28,6 +28,7 @@ Differences from :mod:`ancis_fast.pipeline.reference` (same models, same maths):
   host once per batch.
 """
 # No `from __future__ import annotations`: TorchScript reads FastCore's class annotations.
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, List, Optional, Sequence, Tuple
 
@@ -56,6 +57,7 @@ NUM_LEVELS = 5  # c0..c4
 #: box budgets are powers of two from this up (past the top, the caller's limit): few
 #: distinct shapes (one CUDA graph / TensorRT profile each), at most 2x padded boxes
 SMALLEST_BOX_BUDGET, LARGEST_BOX_BUDGET = 8, 4096
+UNBOUNDED = 2**31 - 1  # the largest crop size's length limit
 WINDOW_STEP = 16  # paste windows are rounded up to multiples of this (few distinct shapes)
 
 
@@ -216,6 +218,7 @@ class FastCore(nn.Module):
     halo: int
     crop_sizes: List[int]
     crop_shapes: List[List[int]]
+    size_limits: List[int]
     shape_budgets: Optional[List[int]]
 
     def __init__(self, detector: nn.Module, segmenter: nn.Module, priors: Tensor, input_size: Tuple[int, int],
@@ -239,8 +242,10 @@ class FastCore(nn.Module):
             raise ValueError(f"shape_budgets: expected {len(self.crop_shapes)} counts >= 0 (one per crop shape "
                              f"of sizes {self.crop_sizes}), got {shape_budgets}")
         sizes = torch.tensor(self.crop_sizes, dtype=torch.float64)
-        self.register_buffer("size_edges", (sizes[:-1] * sizes[1:]).sqrt().float().to(priors.device),
-                             persistent=False)
+        edges = (sizes[:-1] * sizes[1:]).sqrt().float()
+        self.register_buffer("size_edges", edges.to(priors.device), persistent=False)
+        #: the longest level-0 length (px) mapped to each crop size (lengths up to the edge above it)
+        self.size_limits = [int(math.floor(e)) for e in edges.tolist()] + [UNBOUNDED]
         self.register_buffer("priors", priors, persistent=False)
 
     def core(self, max_det: Optional[int] = None, shape_budgets: Optional[Sequence[int]] = None) -> "FastCore":
@@ -312,14 +317,15 @@ class FastCore(nn.Module):
                 found: List[int] = self._count_shapes(classes, num_levels).tolist()
                 shape_budgets = [shape_budget(n, batch * budget, boxes.device.type == "cuda") for n in found]
             probs, mask_sizes = self._decode_static(image, features, bounds, num_levels, batch_idx, classes,
-                                                    shape_budgets)
+                                                    shape_budgets, level_sizes)
         else:
             probs, mask_sizes = self._decode_exact(image, features, bounds, num_levels, batch_idx)
         return (probs.reshape(batch, budget, probs.shape[-2], probs.shape[-1]),
                 mask_sizes.reshape(batch, budget, 2))
 
     def _decode_static(self, image: Tensor, features: List[Tensor], bounds: Tensor, num_levels: Tensor,
-                       batch_idx: Tensor, classes: Tensor, shape_budgets: List[int]) -> Tuple[Tensor, Tensor]:
+                       batch_idx: Tensor, classes: Tensor, shape_budgets: List[int],
+                       level_sizes: List[List[int]]) -> Tuple[Tensor, Tensor]:
         """Fast mode: per crop shape (``classes [K]``, :func:`size_classes`), its boxes (up to
         its budget, picked by a stable sort) decoded together at that shape. Returns
         ``probs [K, h, w]`` (zero-padded to the largest shape decoded) and ``mask_sizes [K, 2]``."""
@@ -340,21 +346,35 @@ class FastCore(nn.Module):
             # rows of other shapes (picked only to fill the budget) land in the spare row k
             target = torch.where(chosen, picked, torch.full_like(picked, k))
             decoded = self._decode_at(shape, image, features, bounds[picked], num_levels[picked] * chosen,
-                                      batch_idx[picked])
+                                      batch_idx[picked], self.max_levels(i, level_sizes))
             probs[:, : shape[0], : shape[1]].index_copy_(0, target, decoded)
             sizes = mask_sizes.new_full((target.shape[0], 2), shape[0])  # made on the device: no copy
             sizes[:, 1] = shape[1]
             mask_sizes.index_copy_(0, target, sizes)
         return probs[:k], mask_sizes[:k]
 
+    def max_levels(self, shape_index: int, level_sizes: List[List[int]]) -> int:
+        """The most levels a box of crop shape ``shape_index`` can have, so the deeper decoder
+        steps are skipped for it: spec §5 stops at a crop thinner than 3 px, and a box whose
+        level-0 crop is ``n`` px long spans at most ``n * h_L / H + 1`` px on a level of
+        height ``h_L`` (each end rounds by half a pixel), so it needs ``n * h_L >= H``."""
+        count = len(self.crop_sizes)
+        longest_y, longest_x = self.size_limits[shape_index // count], self.size_limits[shape_index % count]
+        levels = 0
+        for size in level_sizes:
+            if longest_y * size[0] < self.input_size[0] or longest_x * size[1] < self.input_size[1]:
+                break
+            levels += 1
+        return max(levels, 1)
+
     def _decode_at(self, shape: List[int], image: Tensor, features: List[Tensor], bounds: Tensor,
-                   num_levels: Tensor, batch_idx: Tensor) -> Tensor:
+                   num_levels: Tensor, batch_idx: Tensor, max_levels: int) -> Tensor:
         """Mask probabilities ``[n, h, w]`` of ``n`` boxes at level-0 crop ``shape (h, w)``,
-        every level cropped at :func:`level_shape` of it and every decoder step run once for
-        all; a box with ``L`` levels keeps its own level-``L-1`` crop as the state until its
-        decoding starts there, as the reference's does."""
+        every level up to ``max_levels`` cropped at :func:`level_shape` of it and every
+        decoder step run once for all; a box with ``L`` levels keeps its own level-``L-1``
+        crop as the state until its decoding starts there, as the reference's does."""
         state = torch.zeros(0)
-        top = bounds.shape[1] - 1
+        top = min(bounds.shape[1], max_levels) - 1
         for level in range(top, -1, -1):
             crop_shape = [level_shape(shape[0], level), level_shape(shape[1], level)]
             crop = self._crop(level, image, features, bounds[:, level], batch_idx, crop_shape)
