@@ -33,7 +33,6 @@ attributes) or the AOTInductor package metadata key ``ancis_config``.
 from __future__ import annotations
 
 import json
-import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,7 +45,7 @@ from . import backends
 from .backends import torchscript
 from .backends.precision import INT8
 from .io.writers import atomic_path
-from .pipeline.fast import FastCore, FastPipeline, box_budget as round_budget
+from .pipeline.fast import FastCore, FastPipeline, static_budgets
 
 if TYPE_CHECKING:
     from .predictor import Predictor
@@ -81,22 +80,6 @@ def export_core(predictor: "Predictor", box_budget: Optional[int] = None,
                                  predictor.device, predictor.calibration_images)
         pipeline = FastPipeline.from_config(*modules, predictor.config, predictor.device)
     return pipeline.core(box_budget, shape_budgets).eval()
-
-
-def static_budgets(core: FastCore, examples: Tensor, batch_size: Optional[int] = None,
-                   headroom: float = 2.0) -> List[int]:
-    """Boxes per crop shape for a static export of ``core`` run on batches of ``batch_size``
-    (default: as many as ``examples``): the counts that the network inputs ``examples
-    [B,3,H,W]`` (images typical of the use) give, scaled to the batch size, times
-    ``headroom``, rounded up by :func:`~ancis_fast.pipeline.fast.box_budget` (0 for shapes
-    they never use)."""
-    with torch.inference_mode():
-        x, locs, conf, _ = core.run_detector(examples)
-        boxes, _, _, counts = core.detect_padded(locs, conf)
-        found = core.shape_counts(boxes, counts).tolist()
-    batch = examples.shape[0] if batch_size is None else batch_size
-    scale = headroom * batch / examples.shape[0]
-    return [round_budget(math.ceil(n * scale), batch * core.max_det) if n else 0 for n in found]
 
 
 def _require_native(fmt: str) -> None:

@@ -126,7 +126,8 @@ class Predictor:
                                              calibration)
         if self.backend == "reference":
             return ReferencePipeline(detector, segmenter, self.config, self.device)
-        return FastPipeline.from_config(detector, segmenter, self.config, self.device)
+        return FastPipeline.from_config(detector, segmenter, self.config, self.device,
+                                        backends.static_compiler(self.backend, self.config, self.device))
 
     @property
     def priors(self) -> torch.Tensor:

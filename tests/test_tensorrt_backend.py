@@ -123,7 +123,8 @@ def fake_trt(monkeypatch, tmp_path):
 
 
 def test_backend_calls_the_documented_api_and_caches(fake_trt, models, tmp_path):
-    config = PredictorConfig(input_size=SIZE)
+    """Exact mode: the detector alone is the engine (the mask stage plans on the host)."""
+    config = PredictorConfig(input_size=SIZE, mode="exact")
     first = Predictor.from_models(*models, backend="tensorrt", config=config)
     assert len(fake_trt) == 1
     call = fake_trt[0]
@@ -143,13 +144,15 @@ def test_backend_calls_the_documented_api_and_caches(fake_trt, models, tmp_path)
     np.testing.assert_allclose(b.boxes, a.boxes, atol=1e-3)
     np.testing.assert_allclose(b.scores, a.scores, atol=1e-4)
 
-    Predictor.from_models(*models, backend="tensorrt", config=PredictorConfig(input_size=SIZE, precision="bf16"))
+    Predictor.from_models(*models, backend="tensorrt", config=PredictorConfig(input_size=SIZE, precision="bf16",
+                                                                             mode="exact"))
     assert len(fake_trt) == 2 and fake_trt[1]["enabled_precisions"] == {torch.bfloat16}
     assert fake_trt[1]["inputs"][0].kwargs["dtype"] == torch.bfloat16
 
 
 def test_batches_above_the_engine_maximum_run_in_chunks(fake_trt, models):
-    predictor = Predictor.from_models(*models, backend="tensorrt", config=PredictorConfig(input_size=SIZE))
+    predictor = Predictor.from_models(*models, backend="tensorrt",
+                                      config=PredictorConfig(input_size=SIZE, mode="exact"))
     predictor.pipeline.detector.max_batch = 2
     images = [blob_image(seed=s) for s in range(3)]
     batched = predictor.predict_batch(images, batch_size=3)
@@ -184,12 +187,39 @@ def test_export_tensorrt_compiles_the_whole_static_pipeline(fake_trt, models, tm
 
 
 def test_corrupt_cache_file_is_rebuilt(fake_trt, models):
-    config = PredictorConfig(input_size=SIZE)
+    config = PredictorConfig(input_size=SIZE, mode="exact")
     path = Predictor.from_models(*models, backend="tensorrt", config=config).pipeline.detector.path
     path.write_bytes(b"truncated")
     with pytest.warns(UserWarning, match="rebuilding"):
         Predictor.from_models(*models, backend="tensorrt", config=config)
     assert len(fake_trt) == 2
+
+
+def test_fast_mode_runs_the_whole_pipeline_as_one_engine_per_batch_size(fake_trt, models):
+    """Fast mode: the static pipeline (detector, detection, mask decoder) compiled once per
+    batch size, with boxes per crop shape from its first batch (2x headroom); results equal
+    the eager backend's; a batch needing more boxes of a shape than the engine holds runs
+    stage by stage instead, with the same result."""
+    config = PredictorConfig(input_size=SIZE, max_candidates=200, max_detections=500, zoom=1)
+    engine = Predictor.from_models(*models, backend="tensorrt", config=config)
+    eager = Predictor.from_models(*models, backend="eager", config=config)
+    assert not fake_trt  # built on the first batch, not before
+    images = [blob_image(seed=s) for s in range(3)]
+    for image in images:
+        got, want = engine.predict(image), eager.predict(image)
+        assert len(got) == len(want) > 0
+        np.testing.assert_allclose(got.boxes, want.boxes, atol=1e-4)
+        np.testing.assert_array_equal(got.masks, want.masks)
+    engine.predict_batch(images[:2], batch_size=2)
+    assert len(fake_trt) == 2 and sorted(engine.pipeline.static_graphs) == [1, 2]  # one per batch size
+    assert "torch.ops.ancis.crop_and_resize.default" in fake_trt[0]["torch_executed_ops"]
+
+    graph, budgets = engine.pipeline.static_graphs[1]
+    calls = []
+    engine.pipeline.static_graphs[1] = (lambda x: calls.append(x) or graph(x), [0] * len(budgets))
+    got, want = engine.predict(images[0]), eager.predict(images[0])
+    assert len(calls) == 1 and len(got) == len(want)  # tried, too small, then stage by stage
+    np.testing.assert_array_equal(got.masks, want.masks)
 
 
 def _real_tensorrt_missing() -> str:
@@ -203,20 +233,19 @@ def _real_tensorrt_missing() -> str:
 @pytest.mark.cuda
 @pytest.mark.skipif(bool(_real_tensorrt_missing()), reason=_real_tensorrt_missing() or "ok")
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
-def test_real_tensorrt_matches_eager(tmp_path, monkeypatch, precision):
+@pytest.mark.parametrize("mode", ["exact", "fast"])
+def test_real_tensorrt_matches_eager(tmp_path, monkeypatch, precision, mode):
     monkeypatch.setenv(trt.CACHE_ENV, str(tmp_path))
     models = random_models()
-    config = PredictorConfig(input_size=SIZE, mode="exact")
+    config = PredictorConfig(input_size=SIZE, mode=mode, max_candidates=200, max_detections=500)
     eager = Predictor.from_models(*models, backend="eager", device="cuda", config=config)
     engine = Predictor.from_models(*models, backend="tensorrt", device="cuda",
-                                   config=PredictorConfig(input_size=SIZE, mode="exact", precision=precision))
-    assert engine.pipeline.detector.path.is_file()
+                                   config=PredictorConfig(**dict(config.to_dict(), precision=precision)))
     image = blob_image(seed=0)
     a, b = eager.predict(image), engine.predict(image)
     assert abs(len(a) - len(b)) <= 0.05 * len(a)
     if precision == "fp32":
         np.testing.assert_allclose(b.boxes, a.boxes, atol=0.05)  # TensorRT may use TF32
-    again = Predictor.from_models(*models, backend="tensorrt", device="cuda",
-                                  config=PredictorConfig(input_size=SIZE, mode="exact", precision=precision))
-    assert again.pipeline.detector.path == engine.pipeline.detector.path
+    again = Predictor.from_models(*models, backend="tensorrt", device="cuda", config=engine.config)
     assert len(again.predict(image)) == len(b)
+    assert len(list(tmp_path.glob("*.ep"))) == 1  # the second predictor loaded the cached engine

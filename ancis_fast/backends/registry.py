@@ -29,11 +29,14 @@ Modules = Tuple[nn.Module, nn.Module]  # (detector, segmenter)
 @dataclass(frozen=True)
 class Backend:
     """One way to run the networks: ``prepare(detector, segmenter, config, device,
-    calibration, **options)`` returns the ``(detector, segmenter)`` to run, on ``device``."""
+    calibration, **options)`` returns the ``(detector, segmenter)`` to run, on ``device``;
+    ``static(config, device)``, where given, the compiler of the whole static pipeline
+    (:data:`~ancis_fast.pipeline.fast.StaticCompiler`, or ``None`` for that config)."""
 
     name: str
     summary: str  # one line, for --help and README
     prepare: Callable[..., Modules]
+    static: Optional[Callable[["PredictorConfig", torch.device], Optional[Callable]]] = None
 
 
 def _reference(detector: nn.Module, segmenter: nn.Module, config: "PredictorConfig", device: torch.device,
@@ -71,8 +74,12 @@ def _compile(detector: nn.Module, segmenter: nn.Module, config: "PredictorConfig
 
 def _tensorrt(detector: nn.Module, segmenter: nn.Module, config: "PredictorConfig", device: torch.device,
               calibration: Optional[List[Tensor]], **options: Any) -> Modules:
-    from .tensorrt import tensorrt_detector
+    from .tensorrt import _require_cuda, import_torch_tensorrt, tensorrt_detector
 
+    if config.mode == "fast":  # the whole static pipeline becomes the engine (_tensorrt_static)
+        _require_cuda(device)
+        import_torch_tensorrt()
+        return _eager(detector, segmenter, config, device, calibration)
     fp32 = config.with_overrides(precision="fp32")  # the engine runs the detector at the precision itself
     folded, segmenter = _eager(detector, segmenter, fp32, device, calibration)
     dtype = check_precision(config.precision)
@@ -81,14 +88,22 @@ def _tensorrt(detector: nn.Module, segmenter: nn.Module, config: "PredictorConfi
     return tensorrt_detector(folded, config.input_size, device, config.precision, **options), segmenter
 
 
+def _tensorrt_static(config: "PredictorConfig", device: torch.device) -> Optional[Callable]:
+    if config.mode != "fast":
+        return None
+    from .tensorrt import tensorrt_pipeline
+
+    return lambda core, example: tensorrt_pipeline(core, example, config.precision)[0]
+
+
 #: every backend, by name; ``auto`` (see :data:`AUTO_BACKENDS`) picks one of them
 REGISTRY: Dict[str, Backend] = {b.name: b for b in (
     Backend("reference", "spec-exact, one image and one box at a time (the yardstick; slowest)", _reference),
     Backend("eager", "the batched fast pipeline (pipeline.fast) in PyTorch", _eager),
     Backend("torchscript", "the same with scripted networks", _torchscript),
     Backend("compile", "the same with torch.compile'd networks (the first images compile for minutes)", _compile),
-    Backend("tensorrt", "the same with the detector as a TensorRT engine (NVIDIA GPU, pip install .[tensorrt])",
-            _tensorrt),
+    Backend("tensorrt", "fast mode: the whole static pipeline as TensorRT engines, one per batch size; exact "
+                        "mode: the detector (NVIDIA GPU, pip install .[tensorrt])", _tensorrt, _tensorrt_static),
 )}
 BACKENDS = tuple(REGISTRY)
 AUTO = "auto"
@@ -106,6 +121,13 @@ def resolve_backend(backend: str, device: torch.device) -> str:
     if backend not in BACKEND_CHOICES:
         raise ValueError(f"backend={backend!r} is not available; choose one of {BACKEND_CHOICES}")
     return AUTO_BACKENDS.get(device.type, "eager") if backend == AUTO else backend
+
+
+def static_compiler(name: str, config: "PredictorConfig", device: torch.device) -> Optional[Callable]:
+    """Backend ``name``'s compiler of the whole static pipeline for ``config`` (see
+    :meth:`~ancis_fast.pipeline.fast.FastPipeline.run`), or ``None`` when it has none."""
+    backend = REGISTRY[resolve_backend(name, device)]
+    return backend.static(config, device) if backend.static is not None else None
 
 
 def build(name: str, detector: nn.Module, segmenter: nn.Module, config: "PredictorConfig", device: torch.device,

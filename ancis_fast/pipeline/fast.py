@@ -30,7 +30,7 @@ Differences from :mod:`ancis_fast.pipeline.reference` (same models, same maths):
 # No `from __future__ import annotations`: TorchScript reads FastCore's class annotations.
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -482,31 +482,69 @@ class FastPipeline(FastCore):
     def __init__(self, detector: nn.Module, segmenter: nn.Module, input_size: Tuple[int, int],
                  conf_thresh: float = 0.3, nms_thresh: float = 0.3, mode: str = "fast",
                  pre_nms_top_k: int | None = 200, max_det: int = 500, channels_last: bool = True,
-                 prior_height: int | None = None, crop_sizes: Sequence[int] = CROP_SIZES, seg_thresh: float = 0.5):
+                 prior_height: int | None = None, crop_sizes: Sequence[int] = CROP_SIZES, seg_thresh: float = 0.5,
+                 static_compiler: Optional["StaticCompiler"] = None):
         priors = make_priors(*input_size, scale_height=prior_height).clone()
         super().__init__(detector, segmenter, priors, tuple(input_size), conf_thresh, nms_thresh, mode,
                          pre_nms_top_k, max_det, channels_last, crop_sizes)
         self.seg_thresh = float(seg_thresh)
+        self.static_compiler = static_compiler if mode == "fast" else None
+        #: per batch size: the compiled whole-pipeline graph and its boxes per crop shape
+        self.static_graphs: Dict[int, Tuple[Callable[[Tensor], Tuple[Tensor, ...]], List[int]]] = {}
 
     @classmethod
     def from_config(cls, detector: nn.Module, segmenter: nn.Module, config: "PredictorConfig",
-                    device: torch.device) -> "FastPipeline":
-        """The pipeline of ``config`` on ``device``, running the modules of a fast backend."""
+                    device: torch.device, static_compiler: Optional["StaticCompiler"] = None) -> "FastPipeline":
+        """The pipeline of ``config`` on ``device``, running the modules of a fast backend
+        (and its ``static_compiler``, see :meth:`run`)."""
         return cls(detector, segmenter, config.input_size, config.conf_thresh, config.nms_thresh, config.mode,
                    config.max_candidates, config.max_detections, prior_height=config.prior_height,
-                   crop_sizes=config.crop_sizes, seg_thresh=config.seg_thresh).to(device)
+                   crop_sizes=config.crop_sizes, seg_thresh=config.seg_thresh,
+                   static_compiler=static_compiler).to(device)
 
     def run(self, batch: Tensor, original_sizes: List[Tuple[int, int]],
             timed: StageTimer = untimed) -> List[Instances]:
         """Segment network inputs ``batch [B,3,H,W]`` of images of ``original_sizes`` ``(H, W)``:
         one :class:`~ancis_fast.Instances` per image, in its own pixels. Each stage runs
-        through ``timed`` (see :mod:`ancis_fast.pipeline.stages`)."""
+        through ``timed`` (see :mod:`ancis_fast.pipeline.stages`).
+
+        With a ``static_compiler`` (fast mode; e.g. the ``tensorrt`` backend's), a batch runs
+        as one compiled graph of the whole static pipeline, made on the first batch of its
+        size (:meth:`static_graph`); a batch that needs more boxes of a crop shape than that
+        graph holds runs stage by stage instead, with the same result."""
         with torch.inference_mode():
+            if self.static_compiler is not None:
+                found = self._run_static(batch, original_sizes, timed)
+                if found is not None:
+                    return found
             x, locs, conf, features = timed("detector", self.run_detector, batch)
             detections = timed("detect", self.detect, locs, conf)
             plan = timed("detect", self.plan, detections, original_sizes)  # the one read of the device
             probs, mask_sizes = timed("mask", self.segment, x, features, detections, plan)
             return timed("paste", self.paste, detections, probs, mask_sizes, original_sizes, plan)
+
+    def static_graph(self, batch: Tensor) -> Tuple[Callable[[Tensor], Tuple[Tensor, ...]], List[int]]:
+        """The compiled whole-pipeline graph for batches shaped like ``batch`` and its boxes per
+        crop shape: those ``batch`` needs with 2x headroom (:func:`static_budgets`), made by
+        ``static_compiler`` on the first call for a batch size."""
+        size = batch.shape[0]
+        if size not in self.static_graphs:
+            core = self.core().eval()
+            budgets = static_budgets(core, batch)
+            self.static_graphs[size] = (self.static_compiler(core.core(shape_budgets=budgets).eval(), batch), budgets)
+        return self.static_graphs[size]
+
+    def _run_static(self, batch: Tensor, original_sizes: List[Tuple[int, int]],
+                    timed: StageTimer) -> Optional[List[Instances]]:
+        """:meth:`run` through :meth:`static_graph` (timed as the detector stage: it is all of
+        them), or ``None`` when the batch has more boxes of a shape than the graph decodes."""
+        graph, budgets = self.static_graph(batch)
+        boxes, scores, labels, counts, probs, mask_sizes = timed("detector", graph, batch)
+        detections = PaddedDetections(boxes, scores, labels, counts)
+        plan = timed("detect", self.plan, detections, original_sizes)
+        if any(need > have for need, have in zip(plan.shape_budgets, budgets)):
+            return None
+        return timed("paste", self.paste, detections, probs, mask_sizes, original_sizes, plan)
 
     def detect(self, locs: Tensor, conf: Tensor) -> PaddedDetections:
         """:meth:`FastCore.detect_padded` as :class:`PaddedDetections` (``M = max_det``)."""
@@ -561,6 +599,26 @@ class FastPipeline(FastCore):
             results.append(Instances((boxes[b, :n] * image_scale(self.input_size, original_size)).numpy(),
                                      scores[b, :n].numpy(), masks, labels[b, :n].numpy()))
         return results
+
+
+#: ``compiler(core, example)``: a callable running the static ``core`` (a :class:`FastCore`
+#: with fixed ``shape_budgets``) on inputs shaped like ``example``, e.g. a TensorRT engine
+StaticCompiler = Callable[[FastCore, Tensor], Callable[[Tensor], Tuple[Tensor, ...]]]
+
+
+def static_budgets(core: FastCore, examples: Tensor, batch_size: Optional[int] = None,
+                   headroom: float = 2.0) -> List[int]:
+    """Boxes per crop shape for a static graph of ``core`` run on batches of ``batch_size``
+    (default: as many as ``examples``): the counts that the network inputs ``examples
+    [B,3,H,W]`` (images typical of the use) give, scaled to the batch size, times
+    ``headroom``, rounded up by :func:`box_budget` (0 for shapes they never use)."""
+    with torch.inference_mode():
+        x, locs, conf, _ = core.run_detector(examples)
+        boxes, _, _, counts = core.detect_padded(locs, conf)
+        found = core.shape_counts(boxes, counts).tolist()
+    batch = examples.shape[0] if batch_size is None else batch_size
+    scale = headroom * batch / examples.shape[0]
+    return [box_budget(math.ceil(n * scale), batch * core.max_det) if n else 0 for n in found]
 
 
 @dataclass(frozen=True)
