@@ -54,3 +54,20 @@ def test_detector_mode_defaults_and_environment_override(monkeypatch):
     assert detector_mode(torch.device("cuda")) == "reduce-overhead"
     monkeypatch.setenv("ANCIS_COMPILE_MODE", "default")
     assert detector_mode(torch.device("cuda")) is None
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+def test_compile_backend_on_a_gpu_replays_the_static_pipeline_as_cuda_graphs():
+    models = random_models(seed=2, mask_bias=0.3)
+    config = PredictorConfig(input_size=SIZE, max_candidates=200, max_detections=500, zoom=1)
+    eager = Predictor.from_models(*models, backend="eager", device="cuda", config=config)
+    graphed = Predictor.from_models(*models, backend="compile", device="cuda", config=config)
+    images = [blob_image(seed=s) for s in range(3)]
+    for batch in (images[:1], images):
+        for a, b in zip(eager.predict_batch(batch, batch_size=len(batch)),
+                        graphed.predict_batch(batch, batch_size=len(batch))):
+            assert len(a) == len(b) > 0
+            np.testing.assert_allclose(b.boxes, a.boxes, atol=1e-3)
+            assert paired_mask_ious(a, b).mean() >= 0.99
+    assert sorted(graphed.pipeline.static_graphs) == [1, 3]

@@ -69,7 +69,19 @@ def _compile(detector: nn.Module, segmenter: nn.Module, config: "PredictorConfig
     from .compile import CompiledDetector, CompiledSegmenter
 
     detector, segmenter = _eager(detector, segmenter, config, device, calibration)
+    if _compile_static(config, device) is not None:  # replayed as CUDA graphs instead
+        return detector, segmenter
     return CompiledDetector(detector, device), CompiledSegmenter(segmenter, device)
+
+
+def _compile_static(config: "PredictorConfig", device: torch.device) -> Optional[Callable]:
+    """On a GPU in fast mode: the whole static pipeline captured as a CUDA graph per batch
+    size (:class:`~ancis_fast.backends.cudagraph.CudaGraphPipeline`; no launch overhead)."""
+    if device.type != "cuda" or config.mode != "fast":
+        return None
+    from .cudagraph import CudaGraphPipeline
+
+    return CudaGraphPipeline
 
 
 def _tensorrt(detector: nn.Module, segmenter: nn.Module, config: "PredictorConfig", device: torch.device,
@@ -101,7 +113,9 @@ REGISTRY: Dict[str, Backend] = {b.name: b for b in (
     Backend("reference", "spec-exact, one image and one box at a time (the yardstick; slowest)", _reference),
     Backend("eager", "the batched fast pipeline (pipeline.fast) in PyTorch", _eager),
     Backend("torchscript", "the same with scripted networks", _torchscript),
-    Backend("compile", "the same with torch.compile'd networks (the first images compile for minutes)", _compile),
+    Backend("compile", "the same with torch.compile'd networks (the first images compile for minutes); on a GPU "
+                       "in fast mode the whole static pipeline replayed as CUDA graphs, one per batch size",
+            _compile, _compile_static),
     Backend("tensorrt", "fast mode: the whole static pipeline as TensorRT engines, one per batch size; exact "
                         "mode: the detector (NVIDIA GPU, pip install .[tensorrt])", _tensorrt, _tensorrt_static),
 )}
