@@ -139,6 +139,18 @@ def common_image_size(parts: Sequence, kind: str) -> Tuple[int, int]:
     return sizes.pop()
 
 
+def patch_intersection(patch_a: np.ndarray, origin_a: Sequence[int], patch_b: np.ndarray,
+                       origin_b: Sequence[int]) -> int:
+    """Pixels two masks share, each a bool patch placed at its ``(y, x)`` origin."""
+    y0, x0 = max(origin_a[0], origin_b[0]), max(origin_a[1], origin_b[1])
+    y1 = min(origin_a[0] + patch_a.shape[0], origin_b[0] + patch_b.shape[0])
+    x1 = min(origin_a[1] + patch_a.shape[1], origin_b[1] + patch_b.shape[1])
+    if y1 <= y0 or x1 <= x0:
+        return 0
+    return int(np.logical_and(patch_a[y0 - origin_a[0] : y1 - origin_a[0], x0 - origin_a[1] : x1 - origin_a[1]],
+                              patch_b[y0 - origin_b[0] : y1 - origin_b[0], x0 - origin_b[1] : x1 - origin_b[1]]).sum())
+
+
 def tight_patch(mask: np.ndarray) -> Tuple[np.ndarray, Tuple[int, int]]:
     """Crop a dense ``[H,W]`` mask to its bounding box: ``(patch, (y, x))``."""
     rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))

@@ -129,6 +129,37 @@ def test_a_cell_two_tiles_place_either_side_of_the_keeping_margin_is_kept_once()
     assert len(stitched) == 1
 
 
+def squares(tile_shape, cells):
+    """Instances of square masks ``(score, y, x, side)`` in tile pixels, by descending score."""
+    cells = sorted(cells, key=lambda c: -c[0])
+    boxes = np.array([(y, x, y + side, x + side) for _, y, x, side in cells], np.float32).reshape(-1, 4)
+    masks = PatchMasks([np.ones((side, side), bool) for *_, side in cells],
+                       np.array([(y, x) for _, y, x, _ in cells]).reshape(-1, 2), tile_shape)
+    return Instances(boxes, np.array([c[0] for c in cells]), masks)
+
+
+def test_masks_overlapping_by_more_than_the_duplicate_iou_are_one_cell():
+    """Tiles [0, 256) and [192, 448) (overlap 64). Within tile 0, two detections whose masks
+    overlap by IoU 0.47 (the model's box NMS can leave such a pair) keep only the higher
+    score; two overlapping by IoU 0.14 are both kept. Across the tiles, one cell seen as a
+    20 px square by tile 0 (margin 21 px to its inner edge) and as a 30 px square around it by
+    tile 1 (margin 18 px) overlap by IoU 0.44 but cover only 44 % of the larger: one cell,
+    from the tile where it lies farther from the edge."""
+    def segment(tile):
+        if tile[0, 0] == 0:  # tile 0 (tile 1 is marked by its first pixel)
+            return squares(tile.shape, [(0.9, 20, 20, 20), (0.8, 24, 24, 20), (0.7, 100, 100, 20),
+                                        (0.6, 110, 110, 20), (0.5, 150, 215, 20)])
+        return squares(tile.shape, [(0.95, 145, 210 - 192, 30)])
+
+    image = np.zeros((256, 448), np.uint8)
+    image[0, 192] = 1
+    stitched = predict_tiled(image, segment, tile=256, overlap=64)
+    assert sorted(map(tuple, stitched.boxes.astype(int).tolist())) == [
+        (20, 20, 40, 40), (100, 100, 120, 120), (110, 110, 130, 130), (150, 215, 170, 235)]
+    ious = mask_iou(stitched.masks, stitched.masks)
+    assert (ious[~np.eye(len(stitched), dtype=bool)] <= 0.3).all()
+
+
 def test_progress_is_reported_once_per_tile():
     image = disks_image(700, 900, 5)
     calls = []
