@@ -251,8 +251,19 @@ def shifted_agreement(predictor, image: np.ndarray, tile: int, shift: int) -> np
 def test_seams_do_not_change_the_cells_of_real_images(bundled):
     """Issue 19's shift test with the bundled model on real fluorescence images (no mosaic
     joins): each in 512 px tiles, and moved 256 px (a multiple of every stride of the
-    network). MEASURED
-    """
+    network). Measured over the five images' 2804 cells: mean best-match IoU 0.812, 25.2 %
+    below 0.8 (per image 0.73-0.88, 13-38 %), where the issue asks 0.95 and 1 %. The seams are
+    not the cause: a cell disagrees about as often far from every tile edge as near one
+    (24.2 % of those whose best view lies >= 64 px from its tile's inner edges, 27.1 % of the
+    others), and none of the disagreeing cells was within 15 px of the edge of the tile it came
+    from. The detector's self-attention spans its whole input, so a cell's score and mask
+    depend on everything else in its tile, and moving the seams changes every tile's content:
+    one 1536 px input holding the whole image (priors of the 512 px model), moved the same way,
+    gives 0.976 and 1.8 % (the padding alone changes the attention's context), and the 512 px
+    tiles differ from it as much (0.788, 32 %; against the truth they find 875 and 851 of
+    the 1178 nuclei at IoU > 0.5).
+    The disagreeing cells are the dim, ambiguous ones: of cells scored >= 0.5, 14 % (tiles)
+    and 0.1 % (one input). The tiled bounds guard the measured figures."""
     from ancis_fast import Predictor
     from ancis_fast.io.readers import read_image
     from ancis_fast.predictor import PredictorConfig
@@ -267,6 +278,6 @@ def test_seams_do_not_change_the_cells_of_real_images(bundled):
     tiled, whole = np.concatenate(tiled), np.concatenate(whole)
     assert len(tiled) > 1500 and len(whole) > 1500
     # the model alone (every cell in the same input both times)
-    assert whole.mean() >= 0.95 and (whole < 0.8).mean() <= WHOLE_BELOW, (whole.mean(), (whole < 0.8).mean())
+    assert whole.mean() >= 0.95 and (whole < 0.8).mean() <= 0.02, (whole.mean(), (whole < 0.8).mean())
     # in tiles: guards at the measured figures
-    assert tiled.mean() >= TILED_MEAN and (tiled < 0.8).mean() <= TILED_BELOW, (tiled.mean(), (tiled < 0.8).mean())
+    assert tiled.mean() >= 0.80 and (tiled < 0.8).mean() <= 0.26, (tiled.mean(), (tiled < 0.8).mean())
