@@ -12,6 +12,7 @@ from .masks import Index, PatchMasks, common_image_size, positions, tight_patch
 
 CSV_COLUMNS = ("id", "score", "y1", "x1", "y2", "x2", "area", "centroid_y", "centroid_x")
 
+
 class Instances:
     """Cell instances of one image, sorted by descending score.
 

@@ -150,10 +150,10 @@ def _candidates(found: Instances, index: int, window: Window, image_size: Tuple[
         extent = (origin[0], origin[1], origin[0] + patch.shape[0], origin[1] + patch.shape[1])
         out.append(_Candidate(float(found.scores[i]), box, patch, origin, int(found.labels[i]), index,
                               _margin(extent, window, image_size)))
-    return _without_overlapping(out)
+    return _without_tile_duplicates(out)
 
 
-def _without_overlapping(candidates: List[_Candidate]) -> List[_Candidate]:
+def _without_tile_duplicates(candidates: List[_Candidate]) -> List[_Candidate]:
     """One tile's candidates less those whose mask IoU with a higher-scoring one exceeds
     :data:`DUPLICATE_IOU`."""
     order = sorted(candidates, key=lambda c: -c.score)
