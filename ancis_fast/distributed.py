@@ -13,8 +13,9 @@ level, or a TIFF read through tifffile's zarr store; gray or colour, 8/16-bit):
    from the file itself and segments it with ``predict(window, tile=..., overlap=...)``,
    and saves the cells to ``<out>/<name>.blocks/`` (reused by ``resume``);
 3. the client stitches the windows with :func:`ancis_fast.tiling.stitch`'s rules
-   (each cell taken from the window where it lies farthest from the inner edges, once),
-   so a cell crossing a seam is one instance with one id;
+   (each cell taken from the window where it lies farthest from the inner edges, once; no
+   two cells overlapping by mask IoU over :data:`ancis_fast.tiling.DUPLICATE_IOU`), so a
+   cell crossing a seam is one instance with one id;
 4. labels go to ``<out>/<name>_labels.zarr`` (chunked like the input) and the cell table
    (id, score, box, area, centroid: :meth:`Instances.to_csv`) to ``<out>/<name>.csv``.
 

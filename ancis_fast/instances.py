@@ -8,11 +8,9 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from .masks import PatchMasks, tight_patch
+from .masks import Index, PatchMasks, common_image_size, positions, tight_patch
 
 CSV_COLUMNS = ("id", "score", "y1", "x1", "y2", "x2", "area", "centroid_y", "centroid_x")
-
-Index = Union[int, slice, Sequence[int], np.ndarray]
 
 
 class Instances:
@@ -58,12 +56,20 @@ class Instances:
         return len(self.scores)
 
     def __getitem__(self, index: Index) -> "Instances":
-        if isinstance(index, (int, np.integer)):
-            index = [int(index)]
-        positions = np.arange(len(self))[index]
-        out = Instances(self.boxes[positions], self.scores[positions], self.mask_patches[positions],
-                        self.labels[positions])
+        chosen = positions(index, len(self))
+        out = Instances(self.boxes[chosen], self.scores[chosen], self.mask_patches[chosen], self.labels[chosen])
         out.meta = dict(self.meta)
+        return out
+
+    @classmethod
+    def cat(cls, parts: Sequence["Instances"]) -> "Instances":
+        """The instances of ``parts`` (all of one image size) one after another, in the
+        order given (not re-sorted by score); ``meta`` is the first part's."""
+        image_size = common_image_size(parts, "Instances")
+        out = cls(np.concatenate([p.boxes for p in parts]), np.concatenate([p.scores for p in parts]),
+                  PatchMasks.cat([p.mask_patches for p in parts]), np.concatenate([p.labels for p in parts]),
+                  image_size)
+        out.meta = dict(parts[0].meta)
         return out
 
     def resized(self, image_size: Tuple[int, int]) -> "Instances":

@@ -44,10 +44,15 @@ class PatchMasks:
         return len(self.patches)
 
     def __getitem__(self, index: Index) -> "PatchMasks":
-        if isinstance(index, (int, np.integer)):
-            index = [int(index)]
-        positions = np.arange(len(self))[index]
-        return PatchMasks([self.patches[i] for i in positions], self.origins[positions], self.image_size)
+        chosen = positions(index, len(self))
+        return PatchMasks([self.patches[i] for i in chosen], self.origins[chosen], self.image_size)
+
+    @classmethod
+    def cat(cls, parts: Sequence["PatchMasks"]) -> "PatchMasks":
+        """The masks of ``parts`` (all of one image size) one after another."""
+        image_size = common_image_size(parts, "PatchMasks")
+        return cls([p for part in parts for p in part.patches],
+                   np.concatenate([part.origins for part in parts]), image_size)
 
     def mask(self, i: int) -> np.ndarray:
         """Dense bool ``[H,W]`` mask ``i``."""
@@ -113,6 +118,37 @@ def _resample_patch(patch: np.ndarray, y: int, x: int, fy: float, fx: float,
     values = cv2.warpAffine(patch.astype(np.float32), to_source, (right - left, bottom - top),
                             flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_CONSTANT)
     return values >= 0.5, (top, left)
+
+
+def positions(index: Index, n: int) -> np.ndarray:
+    """The positions ``index`` selects among ``n`` items, as an int array (an int selects
+    one item and keeps the result a collection)."""
+    if isinstance(index, (int, np.integer)):
+        index = [int(index)]
+    return np.arange(n)[index]
+
+
+def common_image_size(parts: Sequence, kind: str) -> Tuple[int, int]:
+    """The one ``image_size`` of ``parts``; a clear error for none or several."""
+    if not len(parts):
+        raise ValueError(f"{kind}.cat of an empty list: pass at least one {kind} (use {kind}.empty(image_size) "
+                         "for none)")
+    sizes = {tuple(part.image_size) for part in parts}
+    if len(sizes) > 1:
+        raise ValueError(f"{kind}.cat of different image sizes {sorted(sizes)}: all parts must be of one image")
+    return sizes.pop()
+
+
+def patch_intersection(patch_a: np.ndarray, origin_a: Sequence[int], patch_b: np.ndarray,
+                       origin_b: Sequence[int]) -> int:
+    """Pixels two masks share, each a bool patch placed at its ``(y, x)`` origin."""
+    y0, x0 = max(origin_a[0], origin_b[0]), max(origin_a[1], origin_b[1])
+    y1 = min(origin_a[0] + patch_a.shape[0], origin_b[0] + patch_b.shape[0])
+    x1 = min(origin_a[1] + patch_a.shape[1], origin_b[1] + patch_b.shape[1])
+    if y1 <= y0 or x1 <= x0:
+        return 0
+    return int(np.logical_and(patch_a[y0 - origin_a[0] : y1 - origin_a[0], x0 - origin_a[1] : x1 - origin_a[1]],
+                              patch_b[y0 - origin_b[0] : y1 - origin_b[0], x0 - origin_b[1] : x1 - origin_b[1]]).sum())
 
 
 def tight_patch(mask: np.ndarray) -> Tuple[np.ndarray, Tuple[int, int]]:

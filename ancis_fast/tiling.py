@@ -10,15 +10,20 @@ takes each cell from its *best view*:
    :data:`EDGE_TOUCH` px of one of its tile's inner edges (an edge that is not the image
    border) is *cut* by that tile, and is dropped when another tile holds its whole box
    away from that tile's inner edges (the cell is there in full);
-2. candidates are taken in order of their margin (the distance from the mask to the
+2. within one tile, of two cells whose masks overlap by IoU over :data:`DUPLICATE_IOU`
+   the lower score is dropped (the model's box NMS leaves such pairs: boxes overlapping
+   by at most its threshold can hold masks that overlap more);
+3. candidates are taken in order of their margin (the distance from the mask to the
    nearest inner edge of its tile; largest first, ties to the higher score), and one is
    a duplicate, and dropped, when more than :data:`DUPLICATE_COVER` of its pixels already
    belong to cells taken from *other* tiles (the same cell seen again, whole or cut, or
-   split or merged differently). Cells of one tile never suppress each other. A cut
-   duplicate of a cut cell is the other part of a cell wider than the overlap (no tile
-   holds it whole): the two parts are joined.
+   split or merged differently), or its mask IoU with a taken cell exceeds
+   :data:`DUPLICATE_IOU`. A cut duplicate of a cut cell is the other part of a cell wider
+   than the overlap (no tile holds it whole): the two parts are joined.
 
-So where the seams fall changes which tile a cell comes from, not whether it is whole.
+So, joined parts aside, no two stitched cells overlap by mask IoU over :data:`DUPLICATE_IOU`.
+
+Where the seams fall changes which tile a cell comes from, not whether it is whole.
 Tiles smaller than ``tile`` (an image smaller than a tile along an axis) are padded with
 the tile's median to ``tile x tile``, so the network always sees them at native
 resolution. Memory is bounded by one tile plus the cells' mask patches.
@@ -31,10 +36,11 @@ from typing import Callable, List, Optional, Sequence, Tuple
 import numpy as np
 
 from .instances import Instances
-from .masks import PatchMasks, tight_patch
+from .masks import PatchMasks, patch_intersection, tight_patch
 
 EDGE_TOUCH = 2  # px: a mask this close to a tile's inner edge is cut by it
 DUPLICATE_COVER = 0.5  # share of a candidate's pixels already taken from other tiles that makes it a duplicate
+DUPLICATE_IOU = 0.3  # mask IoU with a taken cell that makes a candidate a duplicate (the model's NMS threshold)
 
 #: ``on_tile(done, total)``, called after each tile (progress bars)
 TileCallback = Callable[[int, int], None]
@@ -144,7 +150,36 @@ def _candidates(found: Instances, index: int, window: Window, image_size: Tuple[
         extent = (origin[0], origin[1], origin[0] + patch.shape[0], origin[1] + patch.shape[1])
         out.append(_Candidate(float(found.scores[i]), box, patch, origin, int(found.labels[i]), index,
                               _margin(extent, window, image_size)))
-    return out
+    return _without_tile_duplicates(out)
+
+
+def _without_tile_duplicates(candidates: List[_Candidate]) -> List[_Candidate]:
+    """One tile's candidates less those whose mask IoU with a higher-scoring one exceeds
+    :data:`DUPLICATE_IOU`."""
+    order = sorted(candidates, key=lambda c: -c.score)
+    e = np.array([c.extent for c in order], np.int64).reshape(-1, 4)
+    kept = np.zeros(len(order), bool)
+    for i, cand in enumerate(order):
+        kept[i] = _duplicate_of(cand, order, _box_overlaps(e, e[i], kept)) is None
+    return [c for c, keep in zip(order, kept) if keep]
+
+
+def _box_overlaps(extents: np.ndarray, extent: np.ndarray, among: np.ndarray) -> np.ndarray:
+    """Pixels of ``extent`` that each of ``extents`` covers (0 where not ``among``)."""
+    overlap_h = np.minimum(extents[:, 2], extent[2]) - np.maximum(extents[:, 0], extent[0])
+    overlap_w = np.minimum(extents[:, 3], extent[3]) - np.maximum(extents[:, 1], extent[1])
+    return np.where(among & (overlap_h > 0) & (overlap_w > 0), overlap_h * overlap_w, 0)
+
+
+def _duplicate_of(cand: _Candidate, order: List[_Candidate], bound: np.ndarray) -> Optional[int]:
+    """Index of a candidate that ``bound`` names (its box overlap with ``cand``; 0: not a
+    taken one) whose mask IoU with ``cand`` exceeds :data:`DUPLICATE_IOU`, else ``None``."""
+    area = cand.patch.sum()
+    for k in np.flatnonzero(bound > DUPLICATE_IOU * area):  # IoU > t needs an intersection > t * area
+        shared = _intersection(cand, order[k])
+        if shared > DUPLICATE_IOU * (area + order[k].patch.sum() - shared):
+            return int(k)
+    return None
 
 
 def _margin(extent: Tuple[int, int, int, int], window: Window, image_size: Tuple[int, int]) -> float:
@@ -173,33 +208,39 @@ def _cut_but_whole_elsewhere(candidate: _Candidate, windows: List[Window], image
 
 def _best_views(candidates: List[_Candidate]) -> List[_Candidate]:
     """Greedy in order of margin (then score): keep a candidate unless more than
-    :data:`DUPLICATE_COVER` of its pixels are already taken from other tiles. A cut
-    duplicate of a cut cell is the other part of a cell wider than the overlap: it is
-    joined to it."""
+    :data:`DUPLICATE_COVER` of its pixels are already taken from other tiles, or its mask
+    IoU with a taken cell exceeds :data:`DUPLICATE_IOU`. A cut duplicate of a cut cell is
+    the other part of a cell wider than the overlap: it is joined to it."""
     order = sorted(candidates, key=lambda c: (-c.margin, -c.score))
     e = np.array([c.extent for c in order], np.int64).reshape(-1, 4)
     tiles = np.array([c.tile for c in order], np.int64)
     kept = np.zeros(len(order), bool)
     for i, cand in enumerate(order):
-        overlap_h = np.minimum(e[:, 2], e[i, 2]) - np.maximum(e[:, 0], e[i, 0])
-        overlap_w = np.minimum(e[:, 3], e[i, 3]) - np.maximum(e[:, 1], e[i, 1])
-        bound = np.where(kept & (tiles != cand.tile) & (overlap_h > 0) & (overlap_w > 0), overlap_h * overlap_w, 0)
-        limit = DUPLICATE_COVER * cand.patch.sum()
-        if bound.sum() > limit:  # else the shared pixels cannot reach the limit: no pixel work
-            shared, covered = [], 0
-            for k in np.flatnonzero(bound)[np.argsort(-bound[bound > 0], kind="stable")]:
-                shared.append((_intersection(cand, order[k]), k))
-                covered += shared[-1][0]
-                if covered > limit:
-                    k = max(shared)[1]
-                    if cand.margin <= EDGE_TOUCH and order[k].margin <= EDGE_TOUCH:
-                        order[k] = _joined(order[k], cand)
-                        e[k] = order[k].extent
-                    break
-            if covered > limit:
-                continue
-        kept[i] = True
+        bound = _box_overlaps(e, e[i], kept)
+        taken = _covered_by(cand, order, np.where(tiles != cand.tile, bound, 0))
+        if taken is None:
+            taken = _duplicate_of(cand, order, bound)
+        if taken is None:
+            kept[i] = True
+        elif cand.margin <= EDGE_TOUCH and order[taken].margin <= EDGE_TOUCH:
+            order[taken] = _joined(order[taken], cand)
+            e[taken] = order[taken].extent
     return [c for c, keep in zip(order, kept) if keep]
+
+
+def _covered_by(cand: _Candidate, order: List[_Candidate], bound: np.ndarray) -> Optional[int]:
+    """When more than :data:`DUPLICATE_COVER` of ``cand``'s pixels belong to the candidates
+    that ``bound`` (their box overlaps with it) names, the one sharing most, else ``None``."""
+    limit = DUPLICATE_COVER * cand.patch.sum()
+    if bound.sum() <= limit:  # the shared pixels cannot reach the limit: no pixel work
+        return None
+    shared, covered = [], 0
+    for k in np.flatnonzero(bound)[np.argsort(-bound[bound > 0], kind="stable")]:
+        shared.append((_intersection(cand, order[k]), k))
+        covered += shared[-1][0]
+        if covered > limit:
+            return int(max(shared)[1])
+    return None
 
 
 def _joined(a: _Candidate, b: _Candidate) -> _Candidate:
@@ -215,10 +256,4 @@ def _joined(a: _Candidate, b: _Candidate) -> _Candidate:
 
 def _intersection(a: _Candidate, b: _Candidate) -> int:
     """Pixels two candidates' masks share."""
-    y0, x0 = max(a.origin[0], b.origin[0]), max(a.origin[1], b.origin[1])
-    y1 = min(a.origin[0] + a.patch.shape[0], b.origin[0] + b.patch.shape[0])
-    x1 = min(a.origin[1] + a.patch.shape[1], b.origin[1] + b.patch.shape[1])
-    if y1 <= y0 or x1 <= x0:
-        return 0
-    return int(np.logical_and(a.patch[y0 - a.origin[0] : y1 - a.origin[0], x0 - a.origin[1] : x1 - a.origin[1]],
-                              b.patch[y0 - b.origin[0] : y1 - b.origin[0], x0 - b.origin[1] : x1 - b.origin[1]]).sum())
+    return patch_intersection(a.patch, a.origin, b.patch, b.origin)

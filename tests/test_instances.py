@@ -4,6 +4,7 @@ import io
 import json
 
 import numpy as np
+import pytest
 
 from ancis_fast import Instances
 from ancis_fast.instances import CSV_COLUMNS, mask_to_rle, rle_to_mask
@@ -109,3 +110,18 @@ def test_without_overlaps_gives_each_pixel_to_the_higher_score_and_drops_hidden_
     assert not (resolved.masks[0] & resolved.masks[1]).any()
     np.testing.assert_array_equal(resolved.label_image(), inst.label_image())
     np.testing.assert_allclose(resolved.centroids[1], np.argwhere(inst.label_image() == 2).mean(0))
+
+
+def test_cat_concatenates_every_field_in_order():
+    inst = _two_overlapping()
+    inst.meta["frame_index"] = 3
+    joined = Instances.cat([inst[1], inst[0], Instances.empty(inst.image_size)])
+    assert len(joined) == 2 and joined.meta == {"frame_index": 3}
+    np.testing.assert_array_equal(joined.boxes, inst.boxes[[1, 0]])
+    np.testing.assert_array_equal(joined.scores, inst.scores[[1, 0]])
+    np.testing.assert_array_equal(joined.labels, inst.labels[[1, 0]])
+    np.testing.assert_array_equal(joined.masks, inst.masks[[1, 0]])
+    with pytest.raises(ValueError, match="image sizes"):
+        Instances.cat([inst, Instances.empty((6, 9))])
+    with pytest.raises(ValueError, match="at least one Instances"):
+        Instances.cat([])

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from ancis_fast.masks import PatchMasks, tight_patch
+from ancis_fast.masks import PatchMasks, positions, tight_patch
 
 
 def test_dense_round_trip_and_geometry():
@@ -38,3 +38,24 @@ def test_patch_outside_the_image_is_rejected():
 def test_tight_patch_of_empty_mask():
     patch, origin = tight_patch(np.zeros((5, 5), bool))
     assert patch.shape == (0, 0) and origin == (0, 0)
+
+
+def test_positions_of_every_index_kind():
+    assert positions(2, 4).tolist() == [2] and positions(np.int64(-1), 4).tolist() == [3]
+    assert positions(slice(1, None), 4).tolist() == [1, 2, 3]
+    assert positions([3, 0], 4).tolist() == [3, 0]
+    assert positions(np.array([True, False, False, True]), 4).tolist() == [0, 3]
+    with pytest.raises(IndexError):
+        positions(4, 4)
+
+
+def test_cat_puts_the_parts_one_after_another():
+    dense = np.zeros((3, 5, 6), bool)
+    dense[0, 1:3, 2:5] = dense[1, 4, 0] = dense[2, 0:5, 5] = True
+    masks = PatchMasks.from_dense(dense)
+    joined = PatchMasks.cat([masks[[0]], masks[1:], PatchMasks.empty((5, 6))])
+    np.testing.assert_array_equal(joined.dense(), dense)
+    with pytest.raises(ValueError, match="image sizes"):
+        PatchMasks.cat([masks, PatchMasks.empty((5, 7))])
+    with pytest.raises(ValueError, match="at least one PatchMasks"):
+        PatchMasks.cat([])

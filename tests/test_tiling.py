@@ -8,6 +8,7 @@ from ancis_fast import Instances
 from ancis_fast.evaluate import mask_iou
 from ancis_fast.masks import PatchMasks
 from ancis_fast.tiling import predict_tiled, tile_starts
+from conftest import DSB2018, needs_dsb2018
 
 
 def components(image: np.ndarray) -> Instances:
@@ -113,9 +114,9 @@ def test_predictor_tiles_are_normalised_with_their_whole_image(monkeypatch, zoom
 
 
 def test_a_cell_two_tiles_place_either_side_of_the_keeping_margin_is_kept_once():
-    """Tiles 0 and 1 (tile 256, overlap 64: seam at x = 224) both see one cell; its centre is
-    x = 227.95 in tile 0's estimate (kept: < 224 + SEAM_MARGIN) and 228.0 in tile 1's (kept:
-    >= 224 - SEAM_MARGIN, but 4 px inside tile 1's own region): one instance, not two."""
+    """Tiles 0 and 1 (tile 256, overlap 64: both hold x 192-256) see one cell whole, with box
+    estimates 0.05 px apart either side of the middle of the overlap (x = 224, where a rule by
+    box centre would keep it twice): one instance, not two."""
     def tile_cell(tile):
         x0 = 0 if tile[0, 0] == 0 else 192  # the two tiles' contents are marked by their first pixel
         left = 218.0 - x0 + (0.0 if x0 else -0.05)
@@ -127,6 +128,37 @@ def test_a_cell_two_tiles_place_either_side_of_the_keeping_margin_is_kept_once()
     image[0, 192] = 1
     stitched = predict_tiled(image, tile_cell, tile=256, overlap=64)
     assert len(stitched) == 1
+
+
+def squares(tile_shape, cells):
+    """Instances of square masks ``(score, y, x, side)`` in tile pixels, by descending score."""
+    cells = sorted(cells, key=lambda c: -c[0])
+    boxes = np.array([(y, x, y + side, x + side) for _, y, x, side in cells], np.float32).reshape(-1, 4)
+    masks = PatchMasks([np.ones((side, side), bool) for *_, side in cells],
+                       np.array([(y, x) for _, y, x, _ in cells]).reshape(-1, 2), tile_shape)
+    return Instances(boxes, np.array([c[0] for c in cells]), masks)
+
+
+def test_masks_overlapping_by_more_than_the_duplicate_iou_are_one_cell():
+    """Tiles [0, 256) and [192, 448) (overlap 64). Within tile 0, two detections whose masks
+    overlap by IoU 0.47 (the model's box NMS can leave such a pair) keep only the higher
+    score; two overlapping by IoU 0.14 are both kept. Across the tiles, one cell seen as a
+    20 px square by tile 0 (margin 21 px to its inner edge) and as a 30 px square around it by
+    tile 1 (margin 18 px) overlap by IoU 0.44 but cover only 44 % of the larger: one cell,
+    from the tile where it lies farther from the edge."""
+    def segment(tile):
+        if tile[0, 0] == 0:  # tile 0 (tile 1 is marked by its first pixel)
+            return squares(tile.shape, [(0.9, 20, 20, 20), (0.8, 24, 24, 20), (0.7, 100, 100, 20),
+                                        (0.6, 110, 110, 20), (0.5, 150, 215, 20)])
+        return squares(tile.shape, [(0.95, 145, 210 - 192, 30)])
+
+    image = np.zeros((256, 448), np.uint8)
+    image[0, 192] = 1
+    stitched = predict_tiled(image, segment, tile=256, overlap=64)
+    assert sorted(map(tuple, stitched.boxes.astype(int).tolist())) == [
+        (20, 20, 40, 40), (100, 100, 120, 120), (110, 110, 130, 130), (150, 215, 170, 235)]
+    ious = mask_iou(stitched.masks, stitched.masks)
+    assert (ious[~np.eye(len(stitched), dtype=bool)] <= 0.3).all()
 
 
 def test_progress_is_reported_once_per_tile():
@@ -198,27 +230,57 @@ def bundled():
     return Predictor(backend="eager", zoom=1)
 
 
-@pytest.mark.slow
-def test_seams_do_not_change_the_cells_of_a_real_image(bundled):
-    """Issue 19's shift test with the bundled model: a 1024 px mosaic of the real DSB image
-    (mirrored copies, so cells continue across its joins) in 512 px tiles, and its crop from
-    (256, 256), so the seams fall 256 px apart (a multiple of the network's stride 32: other shifts also
-    measure the model's own translation jitter, 0.94 / 3.8 % for an 8 px shift of one tile
-    with no seam at all). Measured: mean best-match IoU 0.964 with 3.1 % of cells below 0.8
-    (the previous stitching: 0.966 and 2.9 %); what differs are touching nuclei split or
-    merged differently with other context, most at the mosaic's joins, not cut cells. The
-    issue's 1 % is not reached by stitching alone; these bounds guard against regressions."""
-    from ancis_fast.io.readers import read_image
-    from test_default_model import ASSETS
+#: the five 603x1272 fluorescence images of ../shared/data/dsb2018 (its largest fluorescence
+#: ones; the 1024² images are all bright-field), by the start of their ids
+WIDE_FLUORESCENCE = ("20b20ab04937", "538b7673d507", "a102535b0e88", "cb4df20a83b2", "f4c4db3df4ff")
 
-    real = read_image(ASSETS / "dsb2018_nuclei.png")
-    mosaic = np.block([[real, real[:, ::-1]], [real[::-1], real[::-1, ::-1]]])
-    shift, margin = 256, 24
-    first = bundled.predict(mosaic, tile=512).without_overlaps().label_image()
-    second = bundled.predict(mosaic[shift:, shift:], tile=512).without_overlaps().label_image()
-    # the common region, less a margin in which cells also meet the crop's top and left
-    a, b = first[shift + margin :, shift + margin :], second[margin:, margin:]
-    ious = mask_iou(a, b)
-    best = np.concatenate([ious.max(axis=1), ious.max(axis=0)])  # each side's cells, matched in the other
-    assert len(best) > 400
-    assert best.mean() >= 0.95 and (best < 0.8).mean() <= 0.04, (best.mean(), (best < 0.8).mean())
+
+def shifted_agreement(predictor, image: np.ndarray, tile: int, shift: int) -> np.ndarray:
+    """Issue 19's shift test: ``image`` segmented in ``tile`` px tiles, and again padded by
+    ``shift`` px (its median) at the top and left so the seams fall elsewhere; each run's
+    cells' best mask IoU with the other run's (label images, overlaps resolved)."""
+    moved = np.pad(image, ((shift, 0), (shift, 0)) + ((0, 0),) * (image.ndim - 2), constant_values=np.median(image))
+    first = predictor.predict(image, tile=tile).without_overlaps().label_image()
+    second = predictor.predict(moved, tile=tile).without_overlaps().label_image()[shift:, shift:]
+    ious = mask_iou(first, second)
+    return np.concatenate([ious.max(axis=1), ious.max(axis=0)])
+
+
+@pytest.mark.slow
+@needs_dsb2018
+def test_seams_do_not_change_the_cells_of_real_images(bundled):
+    """Issue 19's shift test with the bundled model on real fluorescence images (no mosaic
+    joins): each in 512 px tiles, and moved 256 px (a multiple of every stride of the
+    network). Measured over the five images' 2804 cells: mean best-match IoU 0.812, 25.2 %
+    below 0.8 (per image 0.73-0.88, 13-38 %), where the issue asks 0.95 and 1 %. The seams are
+    not the cause: a cell disagrees about as often far from every tile edge as near one
+    (24.2 % of those whose best view lies >= 64 px from its tile's inner edges, 27.1 % of the
+    others), none of the disagreeing cells was within 15 px of the edge of the tile it came
+    from, and a 128 px overlap instead of 64 moves three of the images only from 0.82 and 23 %
+    to 0.83 and 22 %. The detector's self-attention spans its whole input, so a cell's score and mask
+    depend on everything else in its tile, and moving the seams changes every tile's content:
+    one 1536 px input holding the whole image (priors of the 512 px model), moved the same way,
+    gives 0.976 and 1.8 % (the padding alone changes the attention's context), and the 512 px
+    tiles differ from it as much (0.788, 32 %; against the truth they find 875 and 851 of
+    the 1178 nuclei at IoU > 0.5).
+    The disagreeing cells are the dim, ambiguous ones: of cells scored >= 0.5, 14 % (tiles)
+    and 0.1 % (one input). Larger tiles help: 1024 px (input 1024, the same priors) gave 0.95
+    and 4.0 % on three of the images (512 px: 0.82, 23 %). The tiled bounds guard the
+    measured figures."""
+    from ancis_fast import Predictor
+    from ancis_fast.io.readers import read_image
+    from ancis_fast.predictor import PredictorConfig
+
+    one_tile = Predictor.from_models(bundled.detector, bundled.segmenter, backend="eager", config=PredictorConfig(
+        input_size=(1536, 1536), prior_height=512, zoom=1.0))
+    tiled, whole = [], []
+    for name in WIDE_FLUORESCENCE:
+        image = read_image(next((DSB2018 / "images").glob(f"{name}*.png")))
+        tiled.append(shifted_agreement(bundled, image, 512, 256))
+        whole.append(shifted_agreement(one_tile, image, 1536, 256))
+    tiled, whole = np.concatenate(tiled), np.concatenate(whole)
+    assert len(tiled) > 1500 and len(whole) > 1500
+    # the model alone (every cell in the same input both times)
+    assert whole.mean() >= 0.95 and (whole < 0.8).mean() <= 0.02, (whole.mean(), (whole < 0.8).mean())
+    # in tiles: guards at the measured figures
+    assert tiled.mean() >= 0.80 and (tiled < 0.8).mean() <= 0.26, (tiled.mean(), (tiled < 0.8).mean())
