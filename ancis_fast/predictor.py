@@ -19,9 +19,9 @@ from tqdm import tqdm
 
 from . import backends
 from .config import PredictorConfig
+from .backends.precision import INT8
 from .instances import Instances
 from .io.readers import read_image
-from .backends.precision import INT8
 from .models import build_detector, build_segmenter, default_weights, load_weights
 from .models.weights import WeightsSource
 from .pipeline.fast import FastPipeline
@@ -282,12 +282,12 @@ class Predictor:
             return self.pipeline.run(batch.to(self.device, non_blocking=True), original_sizes, self.stage_timer)
 
     def export(self, path: Union[str, os.PathLike], format: str = "torchscript", **options) -> "os.PathLike":
-        """Write this predictor's fast pipeline (its models, input size, thresholds and mode;
-        independent of ``backend``) to ``path`` as ``format``: ``"torchscript"`` (``.pt``) or
-        ``"aoti"`` (``.pt2``, the static fast mode as one graph; ``batch_size=``, ``examples=``
-        or ``shape_budgets=``), both the whole pipeline (``box_budget=``), or ``"tensorrt"``
-        (the detector); written atomically. Inputs are ``[B,3,H,W]`` network inputs, see
-        :mod:`ancis_fast.export` for each format's outputs and :func:`ancis_fast.export.load_exported`."""
+        """Write this predictor's whole fast pipeline (its models and settings; independent of
+        ``backend``) to ``path`` as ``format``, one of :data:`ancis_fast.export.FORMATS`
+        (``"torchscript"``, ``"aoti"``, ``"tensorrt"``; each one's suffix and ``options``, e.g.
+        ``box_budget=``, ``batch_size=``, ``examples=``, are listed there); written atomically.
+        Inputs are ``[B,3,H,W]`` network inputs; see :mod:`ancis_fast.export` for the outputs
+        and :func:`ancis_fast.export.load_exported`."""
         from .export import export_predictor
 
         return export_predictor(self, path, format, **options)
