@@ -45,7 +45,7 @@ from . import backends
 from .backends import torchscript
 from .backends.precision import INT8
 from .io.writers import atomic_path
-from .pipeline.fast import FastCore, FastPipeline, static_budgets
+from .pipeline.fast import FastCore, FastPipeline, check_static, static_budgets
 
 if TYPE_CHECKING:
     from .predictor import Predictor
@@ -104,8 +104,7 @@ def export_torchscript(predictor: "Predictor", path: PathLike, box_budget: Optio
 def export_program(core: FastCore, example: Tensor) -> "torch.export.ExportedProgram":
     """``torch.export`` (strict) of the whole static pipeline ``core`` (fast mode, fixed
     ``shape_budgets``) for inputs shaped like ``example``."""
-    if core.mode != "fast" or core.shape_budgets is None:
-        raise ValueError("a static export needs mode='fast' and fixed shape_budgets (see static_budgets)")
+    check_static(core, "a static export")
     with torch.no_grad():
         return torch.export.export(core, (example,), strict=True)
 

@@ -21,7 +21,7 @@ from . import backends
 from .config import PredictorConfig
 from .backends.precision import INT8
 from .instances import Instances
-from .io.readers import read_image
+from .io.readers import load_image
 from .models import build_detector, build_segmenter, default_weights, load_weights
 from .models.weights import WeightsSource
 from .pipeline.fast import FastPipeline
@@ -258,7 +258,7 @@ class Predictor:
 
     @staticmethod
     def _load(image: ImageInput) -> np.ndarray:
-        return read_image(image) if isinstance(image, (str, os.PathLike)) else image
+        return load_image(image)
 
     def _prepare(self, image: ImageInput) -> Tuple[torch.Tensor, Tuple[int, int]]:
         return preprocess(self._load(image), self.config.input_size, self.config.normalization)

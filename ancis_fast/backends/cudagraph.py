@@ -12,6 +12,8 @@ from typing import Tuple
 import torch
 from torch import Tensor, nn
 
+from ..pipeline.fast import check_static
+
 
 class CudaGraphPipeline(nn.Module):
     """``core(x)`` captured as a ``torch.cuda.CUDAGraph`` for inputs shaped like ``example``.
@@ -24,9 +26,7 @@ class CudaGraphPipeline(nn.Module):
         super().__init__()
         if example.device.type != "cuda":
             raise ValueError(f"CUDA graphs need a CUDA input, got one on {example.device}")
-        if getattr(core, "mode", "fast") != "fast" or getattr(core, "shape_budgets", None) is None:
-            raise ValueError("a CUDA graph needs the static pipeline: mode='fast' and fixed shape_budgets "
-                             "(FastCore.core(shape_budgets=...), see ancis_fast.export.static_budgets)")
+        check_static(core, "a CUDA graph")
         self.core = core
         self.static_input = example.clone()
         stream = torch.cuda.Stream()

@@ -18,7 +18,6 @@ silenced here, and ``int8_available`` says why when a torch lacks it (tests skip
 # code it generates, which TorchScript must then read.
 import contextlib
 import copy
-import os
 import warnings
 from typing import Any, Iterator, List, Optional, Sequence, Tuple
 
@@ -125,11 +124,10 @@ def calibration_set(config, images: Optional[Sequence[Any]] = None) -> List[Tens
     int8's activation ranges: of ``images`` (paths or arrays), else :func:`calibration_inputs`."""
     if images is None:
         return calibration_inputs(config.input_size, config.normalization)
-    from ..io.readers import read_image
+    from ..io.readers import load_image
     from ..pipeline.preprocess import preprocess
 
-    return [preprocess(read_image(image) if isinstance(image, (str, os.PathLike)) else image, config.input_size,
-                       config.normalization)[0] for image in images]
+    return [preprocess(load_image(image), config.input_size, config.normalization)[0] for image in images]
 
 
 def calibration_inputs(input_size: Tuple[int, int], normalization=None, count: int = CALIBRATION_IMAGES) -> List[Tensor]:

@@ -34,6 +34,8 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor, nn
 
+from ..io.writers import atomic_path
+from ..pipeline.fast import check_static
 from .precision import check_precision
 
 CACHE_ENV = "ANCIS_FAST_TENSORRT_CACHE"
@@ -176,14 +178,9 @@ def _build(torch_tensorrt: ModuleType, core: nn.Module, spec: Any, dtype: torch.
 
 
 def _save(torch_tensorrt: ModuleType, engine: nn.Module, path: Path, arg_inputs: List[Any]) -> None:
-    """``torch_tensorrt.save`` as an exported program, atomically (temp file, then rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
-    try:
-        torch_tensorrt.save(engine, str(temp), output_format="exported_program", arg_inputs=arg_inputs, retrace=True)
-        os.replace(temp, path)
-    finally:
-        temp.unlink(missing_ok=True)
+    """``torch_tensorrt.save`` as an exported program, atomically."""
+    with atomic_path(path) as tmp:
+        torch_tensorrt.save(engine, str(tmp), output_format="exported_program", arg_inputs=arg_inputs, retrace=True)
 
 
 def _require_cuda(device: torch.device) -> None:
@@ -236,11 +233,12 @@ def tensorrt_pipeline(core: nn.Module, example: Tensor, precision: str = "fp32",
     ``torch_tensorrt.dynamo.compile`` with the native operators left to PyTorch. Outputs as
     the module's (:data:`ancis_fast.export.OUTPUTS`). Cached like :func:`tensorrt_detector`;
     returns the module and its file."""
+    from ..export import export_program
+
     device = example.device
     _require_cuda(device)
     torch_tensorrt = import_torch_tensorrt()
-    if core.mode != "fast" or core.shape_budgets is None:
-        raise ValueError("a TensorRT pipeline needs the static fast mode: mode='fast' and fixed shape_budgets")
+    check_static(core, "a TensorRT pipeline")
     dtype = check_precision(precision)
     settings = {"batch": int(example.shape[0]), "box_budget": core.max_det, "shape_budgets": core.shape_budgets,
                 "crop_sizes": core.crop_sizes, "thresholds": [core.conf_thresh, core.nms_thresh],
@@ -250,9 +248,7 @@ def tensorrt_pipeline(core: nn.Module, example: Tensor, precision: str = "fp32",
     path = cache_dir(cache) / f"pipeline-{key[:32]}.ep"
     engine = _load_cached(torch_tensorrt, path)
     if engine is None:
-        with torch.no_grad():
-            program = torch.export.export(core, (example,), strict=True)
-        engine = torch_tensorrt.dynamo.compile(program, arg_inputs=[example], enabled_precisions={dtype},
+        engine = torch_tensorrt.dynamo.compile(export_program(core, example), arg_inputs=[example], enabled_precisions={dtype},
                                                torch_executed_ops=set(NATIVE_OPS), min_block_size=1)
         _save(torch_tensorrt, engine, path, [example])
     return engine, path
@@ -275,12 +271,6 @@ def export_tensorrt(predictor: Any, out_path: Union[str, os.PathLike], batch_siz
     _require_cuda(predictor.device)
     core = static_core(predictor, batch_size, box_budget, examples, shape_budgets, "tensorrt")
     _, path = tensorrt_pipeline(core, static_input(predictor, batch_size), predictor.config.precision, cache)
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    temp = out_path.with_name(f".{out_path.name}.{os.getpid()}.tmp")
-    try:
-        shutil.copyfile(path, temp)
-        os.replace(temp, out_path)
-    finally:
-        temp.unlink(missing_ok=True)
-    return out_path
+    with atomic_path(out_path) as tmp:
+        shutil.copyfile(path, tmp)
+    return Path(out_path)

@@ -40,6 +40,11 @@ def read_image(path: PathLike) -> np.ndarray:
     return image
 
 
+def load_image(image: Union[PathLike, np.ndarray]) -> np.ndarray:
+    """``image`` itself if it is an array, else :func:`read_image` of the path."""
+    return read_image(image) if isinstance(image, (str, os.PathLike)) else image
+
+
 def _read_tiff(path: Path) -> np.ndarray:
     frames = list(_tiff_frames(path, limit=2))
     if len(frames) > 1:

@@ -529,9 +529,8 @@ class FastPipeline(FastCore):
         ``static_compiler`` on the first call for a batch size."""
         size = batch.shape[0]
         if size not in self.static_graphs:
-            core = self.core().eval()
-            budgets = static_budgets(core, batch)
-            self.static_graphs[size] = (self.static_compiler(core.core(shape_budgets=budgets).eval(), batch), budgets)
+            budgets = static_budgets(self, batch)
+            self.static_graphs[size] = (self.static_compiler(self.core(shape_budgets=budgets).eval(), batch), budgets)
         return self.static_graphs[size]
 
     def _run_static(self, batch: Tensor, original_sizes: List[Tuple[int, int]],
@@ -604,6 +603,14 @@ class FastPipeline(FastCore):
 #: ``compiler(core, example)``: a callable running the static ``core`` (a :class:`FastCore`
 #: with fixed ``shape_budgets``) on inputs shaped like ``example``, e.g. a TensorRT engine
 StaticCompiler = Callable[[FastCore, Tensor], Callable[[Tensor], Tuple[Tensor, ...]]]
+
+
+def check_static(core: FastCore, use: str) -> None:
+    """A ``ValueError`` naming ``use`` unless ``core`` is the static pipeline: fast mode with
+    fixed ``shape_budgets``."""
+    if core.mode != "fast" or core.shape_budgets is None:
+        raise ValueError(f"{use} needs the static pipeline: mode='fast' and fixed shape_budgets "
+                         "(FastCore.core(shape_budgets=...), see static_budgets)")
 
 
 def static_budgets(core: FastCore, examples: Tensor, batch_size: Optional[int] = None,
