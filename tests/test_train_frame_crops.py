@@ -1,4 +1,5 @@
 """Real-image training crops at the inference scale, and sources used one after the other."""
+import cv2
 import numpy as np
 import pytest
 
@@ -105,3 +106,34 @@ def test_validation_frame_is_the_inference_input_for_folders():
     synth = SyntheticSource(1, SynthConfig(size=(256, 256)), fresh=False)
     assert validation_size(synth, (256, 256), config.frame_size()) == (256, 256)
     assert validation_size([_square_cells(64, 64, 8, "r")], (256, 256), config.frame_size()) == (512, 512)
+
+
+def test_fluorescence_crops_sometimes_take_the_brightfield_look_with_labels_unchanged():
+    source = [_square_cells(256, 256, 16, "f")]
+    plain = FrameCrops(source, (256, 256), (128, 128), seed=5, classes=[FLUORESCENCE], length=60, looks=False)
+    looked = FrameCrops(source, (256, 256), (128, 128), seed=5, classes=[FLUORESCENCE], length=60)
+    changed = 0
+    for i in range(60):
+        a, b = plain[i], looked[i]
+        np.testing.assert_array_equal(a.labels, b.labels)  # the look never moves a nucleus
+        if not np.array_equal(a.image, b.image):
+            changed += 1
+            gray = cv2.cvtColor(a.image, cv2.COLOR_BGR2GRAY)
+            np.testing.assert_array_equal(b.image[:, :, 0], 255 - gray)  # gray, inverted: dark nuclei on white
+            assert b.image[a.labels > 0].mean() < b.image[a.labels == 0].mean()
+    assert 2 <= changed <= 20  # about 15 % of 60
+
+
+def test_tissue_crops_get_jittered_stains_and_a_gray_look():
+    image = np.zeros((128, 128, 3), np.uint8)
+    image[:] = (200, 150, 220)  # pink background
+    labels = np.zeros((128, 128), np.int32)
+    labels[40:60, 40:60] = 1
+    image[labels > 0] = (150, 60, 90)  # purple nucleus
+    looked = FrameCrops([Sample(image, labels, "t")], (128, 128), (128, 128), seed=2, classes=[TISSUE], length=80,
+                        scales=(1.0, 1.0))
+    backgrounds = np.array([looked[i].image[5, 5].astype(int) for i in range(80)])
+    gray = (backgrounds == backgrounds[:, :1]).all(axis=1)
+    assert 3 <= gray.sum() <= 25  # about 15 % of 80
+    assert len({tuple(b) for b in backgrounds[~gray]}) > 20  # stains differ from crop to crop
+    assert (np.abs(backgrounds[~gray] - [200, 150, 220]) <= 0.2 * 220 + 13).all()

@@ -155,3 +155,23 @@ def augment(image: np.ndarray, labels: np.ndarray, rng: np.random.Generator, cfg
         data, labels = random_crop(data, labels, rng, cfg.min_crop)
     data, labels = flip_and_rotate(data, labels, rng, cfg)
     return resize_pair(data, labels, cfg.output_size)
+
+
+def stain_jitter(image: np.ndarray, rng: np.random.Generator, gain: float = 0.2, shift: float = 12.0) -> np.ndarray:
+    """Stain variation of a colour (e.g. H&E) image: each BGR channel scaled by its own
+    factor in ``[1 - gain, 1 + gain]`` and shifted by its own offset in ``[-shift, shift]``
+    (8-bit units), as stains and scanners differ from slide to slide. uint8 ``HxWx3`` in and out."""
+    gains = rng.uniform(1.0 - gain, 1.0 + gain, 3).astype(np.float32)
+    offsets = rng.uniform(-shift, shift, 3).astype(np.float32)
+    return np.clip(np.rint(image.astype(np.float32) * gains + offsets), 0, 255).astype(np.uint8)
+
+
+def as_gray(image: np.ndarray) -> np.ndarray:
+    """The gray look of a BGR image (all three channels equal), uint8 ``HxWx3``."""
+    return cv2.cvtColor(cv2.cvtColor(image, cv2.COLOR_BGR2GRAY), cv2.COLOR_GRAY2BGR)
+
+
+def as_brightfield(image: np.ndarray) -> np.ndarray:
+    """A fluorescence image given the bright-field look: gray and inverted, so that its
+    nuclei are dark on a light background. uint8 ``HxWx3``."""
+    return 255 - as_gray(image)

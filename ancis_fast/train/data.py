@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 import torch
 
-from ..data.augment import AugmentConfig, augment, crop_keeping_centres, resize_pair
+from ..data.augment import AugmentConfig, as_brightfield, as_gray, augment, crop_keeping_centres, resize_pair, stain_jitter
 from ..data.classes import BRIGHTFIELD, FLUORESCENCE, TISSUE
 from ..data.layouts import open_dataset
 from ..data.sample import Sample, boxes_from_labels
@@ -29,6 +29,10 @@ CLASS_WEIGHTS: Mapping[str, float] = {FLUORESCENCE: 0.5, TISSUE: 0.3, BRIGHTFIEL
 #: scale range of :class:`FrameCrops` (log-uniform) relative to the inference frame: 1 is
 #: the Predictor's plain resize, 1.875 its zoom of crowded images
 CROP_SCALES: Tuple[float, float] = (0.75, 2.0)
+#: how often :class:`FrameCrops` changes a crop's look: fluorescence given the bright-field
+#: look (gray, inverted: dark nuclei on white, the rarest class), tissue stains jittered and
+#: tissue made gray (nuclei darker than a light background, as in bright-field)
+FLUORESCENCE_AS_BRIGHTFIELD, TISSUE_STAIN_JITTER, TISSUE_AS_GRAY = 0.15, 0.5, 0.15
 
 
 class EpochSource(Sequence[Sample]):
@@ -83,7 +87,8 @@ class FrameCrops(EpochSource):
     by ``class_weights`` (then uniformly within its class), made 8-bit BGR and resized
     bilinearly to ``s x frame`` with ``s`` log-uniform in ``scales``, and a random ``crop`` ``(H, W)`` window of it;
     instances whose extent centre lies outside the window are removed, as in
-    :func:`~ancis_fast.data.augment.random_crop`. Training then needs no zoom-out
+    :func:`~ancis_fast.data.augment.random_crop`. With ``looks``, the crop's look then
+    changes now and then to that of a rarer class (:func:`change_look`). Training then needs no zoom-out
     (``max_expand=1``): the scale is already right.
 
     Args:
@@ -96,7 +101,8 @@ class FrameCrops(EpochSource):
 
     def __init__(self, source: Sequence[Sample], frame: Tuple[int, int], crop: Tuple[int, int], seed: int = 0,
                  classes: Optional[Sequence[str]] = None, length: Optional[int] = None,
-                 class_weights: Mapping[str, float] = CLASS_WEIGHTS, scales: Tuple[float, float] = CROP_SCALES):
+                 class_weights: Mapping[str, float] = CLASS_WEIGHTS, scales: Tuple[float, float] = CROP_SCALES,
+                 looks: bool = True):
         if len(source) == 0:
             raise ValueError("FrameCrops needs at least one image")
         if not 0 < scales[0] <= scales[1]:
@@ -110,10 +116,12 @@ class FrameCrops(EpochSource):
         self.weights = weights / weights.sum()
         super().__init__(len(source) if length is None else length)
         self.source, self.frame, self.crop, self.seed, self.scales = source, tuple(frame), tuple(crop), seed, scales
+        self.looks = looks
 
     def sample(self, index: int) -> Sample:
         rng = np.random.default_rng([self.seed, CROP_STREAM, self.epoch, index])
-        members = list(self.members.values())[int(rng.choice(len(self.members), p=self.weights))]
+        image_class = int(rng.choice(len(self.members), p=self.weights))
+        members = list(self.members.values())[image_class]
         sample = self.source[members[int(rng.integers(len(members)))]]
         scale = math.exp(rng.uniform(math.log(self.scales[0]), math.log(self.scales[1])))
         height, width = (max(1, round(side * scale)) for side in self.frame)
@@ -123,7 +131,24 @@ class FrameCrops(EpochSource):
         crop_h, crop_w = min(self.crop[0], height), min(self.crop[1], width)
         top, left = int(rng.integers(0, height - crop_h + 1)), int(rng.integers(0, width - crop_w + 1))
         image, labels = crop_keeping_centres(image, labels, top, left, crop_h, crop_w)
+        if self.looks:
+            image = change_look(image, list(self.members)[image_class], rng)
         return Sample(np.ascontiguousarray(image), labels, f"{sample.name}@{index}")
+
+
+def change_look(bgr8: np.ndarray, image_class: str, rng: np.random.Generator) -> np.ndarray:
+    """A crop of class ``image_class`` (uint8 ``HxWx3`` BGR) in a look the model must also
+    know: fluorescence as bright-field (``FLUORESCENCE_AS_BRIGHTFIELD`` of the time), tissue
+    with jittered stains (``TISSUE_STAIN_JITTER``) and in gray (``TISSUE_AS_GRAY``). The
+    nuclei stay where they are, so the labels hold."""
+    if image_class == FLUORESCENCE and rng.random() < FLUORESCENCE_AS_BRIGHTFIELD:
+        return as_brightfield(bgr8)
+    if image_class == TISSUE:
+        if rng.random() < TISSUE_STAIN_JITTER:
+            bgr8 = stain_jitter(bgr8, rng)
+        if rng.random() < TISSUE_AS_GRAY:
+            bgr8 = as_gray(bgr8)
+    return bgr8
 
 
 class ConcatSource(Sequence[Sample]):
