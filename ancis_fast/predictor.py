@@ -135,7 +135,7 @@ class Predictor:
         return self.pipeline.priors
 
     def predict(self, image: ImageInput, tile: Optional[int] = None, overlap: int = 64,
-                progress: bool = False) -> Instances:
+                progress: bool = False, on_tile: Optional[TileCallback] = None) -> Instances:
         """Segment one image (path or array); see :class:`~ancis_fast.Instances`.
 
         The image is resized to the input size (spec §1), or enlarged further and segmented
@@ -146,11 +146,13 @@ class Predictor:
         tile`` pieces at native resolution (default: the input size) that overlap by
         ``overlap`` px (at least the largest cell) and are stitched so that every cell comes
         whole from one tile (see :mod:`ancis_fast.tiling`). ``progress`` shows a bar of the
-        tiles. Cells that would show fewer than ``config.min_size`` px in the label image
-        are dropped.
+        tiles; ``on_tile(done, total)``, if given, is called instead after each tile (in the
+        calling thread; an exception it raises stops the prediction there). Cells that would
+        show fewer than ``config.min_size`` px in the label image are dropped.
         """
         array = self._load(image)
-        on_tile = _tile_bar() if progress else None
+        if on_tile is None and progress:
+            on_tile = _tile_bar()
         if self.config.diameter is not None:
             if tile is not None:
                 raise ValueError(f"tile={tile} and diameter={self.config.diameter:g}: give one (with a diameter "

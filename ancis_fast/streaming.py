@@ -115,3 +115,64 @@ class FrameStream:
 
     def __del__(self) -> None:
         self._stop.set()
+
+
+class LatestFrame:
+    """A one-frame mailbox between a live source and :meth:`Predictor.stream`.
+
+    ``put(frame, tag)`` hands over the source's newest frame; a frame not yet taken is
+    replaced (counted in ``dropped``), so a consumer slower than the source always gets the
+    newest frame and never a backlog. Iterating yields the frames as they come, blocking
+    while there is none, until :meth:`close`. ``tag`` is anything the caller wants back with
+    the result (where the frame came from, when it arrived): :meth:`tag` gives it by the
+    position of the frame in the iteration, which is the ``frame_index`` of a stream's result.
+    """
+
+    def __init__(self) -> None:
+        self.dropped = 0
+        self._pending: Any = _END
+        self._pending_tag: Any = None
+        self._closed = False
+        self._taken = 0
+        self._tags: dict = {}
+        self._ready = threading.Condition()
+
+    def put(self, frame: Any, tag: Any = None) -> None:
+        with self._ready:
+            if self._closed:
+                raise RuntimeError("put() on a closed LatestFrame")
+            if self._pending is not _END:
+                self.dropped += 1
+            self._pending, self._pending_tag = frame, tag
+            self._ready.notify()
+
+    def close(self) -> None:
+        """End the iteration (a frame waiting is dropped)."""
+        with self._ready:
+            self._closed = True
+            self._ready.notify_all()
+
+    @property
+    def waiting(self) -> bool:
+        """Whether a frame is waiting to be taken."""
+        with self._ready:
+            return self._pending is not _END
+
+    def tag(self, frame_index: int) -> Any:
+        """The tag of the ``frame_index``-th frame taken. Results come in order, so the tags
+        of earlier frames (those a stream dropped) are forgotten then."""
+        with self._ready:
+            for older in [index for index in self._tags if index < frame_index]:
+                del self._tags[older]
+            return self._tags.pop(frame_index)
+
+    def __iter__(self) -> Iterator[Any]:
+        while True:
+            with self._ready:
+                self._ready.wait_for(lambda: self._closed or self._pending is not _END)
+                if self._closed:
+                    return
+                frame, self._pending = self._pending, _END
+                self._tags[self._taken] = self._pending_tag
+                self._taken += 1
+            yield frame
