@@ -7,6 +7,7 @@ import pytest
 
 from ancis_fast import Predictor
 from ancis_fast.predictor import PredictorConfig
+from ancis_fast.streaming import LatestFrame
 from conftest import blob_image
 
 SIZE = (128, 128)
@@ -102,3 +103,72 @@ def test_tiled_predict_through_the_predictor(predictor):
         predictor.auto_tile_above = 2048
     explicit = predictor.predict(image, tile=128, overlap=64)
     _same(auto, explicit)
+
+
+def test_predict_reports_each_tile_to_on_tile_and_stops_where_it_raises(predictor):
+    image = blob_image(260, 300, cells=30, seed=3)
+    calls = []
+    found = predictor.predict(image, tile=128, overlap=32, on_tile=lambda done, total: calls.append((done, total)))
+    total = calls[0][1]
+    assert calls == [(done, total) for done in range(1, total + 1)] and total == 9  # 3 x 3 tiles of 128 over 32
+    _same(found, predictor.predict(image, tile=128, overlap=32))
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_two(done, total):
+        if done == 2:
+            raise Stop
+        calls.append(done)
+
+    calls.clear()
+    with pytest.raises(Stop):
+        predictor.predict(image, tile=128, overlap=32, on_tile=stop_after_two)
+    assert calls == [1]
+
+
+def test_latest_frame_hands_over_the_newest_frame_and_drops_the_rest():
+    frames = LatestFrame()
+    taken = []
+    consumer_busy = threading.Event()
+    release = threading.Event()
+
+    def consume():
+        for frame in frames:
+            taken.append(frame)
+            consumer_busy.set()
+            release.wait(5)
+            release.clear()
+
+    thread = threading.Thread(target=consume)
+    thread.start()
+    frames.put("a", tag="tag a")
+    assert consumer_busy.wait(5)  # "a" taken at once; the consumer now holds it
+    for frame in "bcd":
+        frames.put(frame, tag=f"tag {frame}")
+    assert frames.waiting and frames.dropped == 2  # "b" and "c" superseded by "d"
+    release.set()
+    deadline = time.monotonic() + 5
+    while len(taken) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    frames.close()
+    release.set()
+    thread.join(5)
+    assert taken == ["a", "d"] and not thread.is_alive()
+    assert frames.tag(1) == "tag d"
+    with pytest.raises(KeyError):
+        frames.tag(0)  # forgotten once a later frame's tag was fetched
+    with pytest.raises(RuntimeError, match="closed"):
+        frames.put("e")
+
+
+def test_stream_over_latest_frame_segments_what_the_source_gave_last(predictor, frames, serial):
+    mailbox = LatestFrame()
+    stream = predictor.stream(mailbox, max_queue=1, drop_oldest=True)
+    for index, frame in enumerate(frames[:2]):
+        mailbox.put(frame, tag=index)
+        result = next(stream)
+        assert mailbox.tag(result.meta["frame_index"]) == index
+        _same(result, serial[index])
+    mailbox.close()
+    assert list(stream) == []
