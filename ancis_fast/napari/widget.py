@@ -15,7 +15,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-import weakref
 from dataclasses import dataclass
 from typing import Any, Iterator, List, Optional, Union
 
@@ -42,6 +41,7 @@ BUNDLED, CHECKPOINTS = "bundled (ResNet-50)", "detector + segmenter checkpoints"
 CURRENT_PLANE, ALL_PLANES = "current plane", "all planes"
 PROGRESS_STEPS = 1000
 DEFAULTS = PredictorConfig()
+TABLE = "ancis_fast cells"  # the Labels layer's metadata entry holding its CellTable
 
 
 class Cancelled(Exception):
@@ -63,6 +63,7 @@ class Shown:
     plane: Plane
     cells: PlaneCells
     latency_s: Optional[float] = None  # live mode: from the data change to the cells shown
+    frame: Optional[int] = None  # live mode: which frame handed over since live mode started (0, 1, ...)
 
 
 @dataclass
@@ -70,6 +71,7 @@ class LiveFrame:
     """Where a live frame came from (the tag of its :class:`LatestFrame` entry)."""
 
     session: int
+    number: int  # frames handed over before this one since live mode started
     layer: Image
     stack: ImageStack
     plane: Plane
@@ -87,16 +89,16 @@ class SegmentCellsWidget(QWidget):
         super().__init__()
         self.viewer = napari_viewer
         self.predictors = PredictorCache()
-        self._tables: "weakref.WeakKeyDictionary[Labels, CellTable]" = weakref.WeakKeyDictionary()
         self._run_worker = None
         self._cancel = threading.Event()
         self._live_worker = None
         self._live_frames: Optional[LatestFrame] = None
         self._live_layer: Optional[Image] = None
         self._live_session = 0
-        self._live_shown = 0
+        self._live_submitted = self._live_shown = 0
         self._live_latencies: List[float] = []
         self._live_stream = None
+        self._workers: set = set()  # started and not yet finished (including stopped live workers)
         self._started, self._found, self._failed = 0.0, 0, False
         self._build()
         self._progress_changed.connect(self._set_progress)
@@ -251,7 +253,7 @@ class SegmentCellsWidget(QWidget):
         self._run_worker = worker
         self.run_button.setEnabled(False)
         self.cancel_button.setEnabled(True)
-        worker.start()
+        self._start(worker)
 
     def cancel(self) -> None:
         """Stop the run (the **Cancel** button): at the next tile or plane."""
@@ -264,6 +266,16 @@ class SegmentCellsWidget(QWidget):
     def busy(self) -> bool:
         """Whether a run is going on."""
         return self._run_worker is not None
+
+    @property
+    def idle(self) -> bool:
+        """Whether no worker thread is left (a stopped live worker ends after its frame)."""
+        return not self._workers
+
+    def _start(self, worker: Any) -> None:
+        self._workers.add(worker)
+        worker.finished.connect(lambda: self._workers.discard(worker))
+        worker.start()
 
     def _segment_planes(self, settings: SegmentSettings, stack: ImageStack, planes: List[Plane]) -> Iterator:
         """Worker thread: each plane's :class:`PlaneCells`, reporting progress over tiles."""
@@ -335,14 +347,14 @@ class SegmentCellsWidget(QWidget):
             return
         self._live_session += 1
         self._live_frames, self._live_layer = LatestFrame(), layer
-        self._live_shown, self._live_latencies = 0, []
+        self._live_submitted, self._live_shown, self._live_latencies = 0, 0, []
         self.live_label.setText("live: waiting for the first frame...")
         worker = thread_worker(_guarded)(self._live_results(settings, self._live_frames))
         worker.yielded.connect(self._live_result)
         self._live_worker = worker
         layer.events.data.connect(self.submit_live_frame)
         self.viewer.dims.events.current_step.connect(self.submit_live_frame)
-        worker.start()
+        self._start(worker)
         self.submit_live_frame()
 
     def _stop_live(self) -> None:
@@ -369,7 +381,9 @@ class SegmentCellsWidget(QWidget):
             self._report(exc)
             self.live_check.setChecked(False)
             return
-        self._live_frames.put(image, LiveFrame(self._live_session, layer, stack, plane, time.perf_counter()))
+        self._live_frames.put(image, LiveFrame(self._live_session, self._live_submitted, layer, stack, plane,
+                                               time.perf_counter()))
+        self._live_submitted += 1
 
     def _live_results(self, settings: SegmentSettings, frames: LatestFrame) -> Iterator:
         """Worker thread: ``(LiveFrame, PlaneCells)`` per frame streamed."""
@@ -386,15 +400,25 @@ class SegmentCellsWidget(QWidget):
             self.live_check.setChecked(False)
             return
         frame, cells = item
-        if frame.session != self._live_session or frame.layer not in self.viewer.layers:
+        if frame.session != self._live_session or frame.stack.name not in self.viewer.layers:
             return  # live mode was stopped or restarted meanwhile
         latency = time.perf_counter() - frame.submitted
-        self._show(frame.layer, frame.stack, cells, latency_s=latency)
+        self._show(frame.layer, frame.stack, cells, Shown(frame.stack.name, cells.plane, cells, latency, frame.number))
         self._live_shown += 1
         self._live_latencies.append(latency)
         self.live_label.setText(f"live: {latency * 1000:.0f} ms per frame (median "
                                 f"{np.median(self._live_latencies) * 1000:.0f} ms), {self._live_shown} shown, "
                                 f"{self.live_skipped} skipped")
+
+    @property
+    def live_submitted(self) -> int:
+        """Live frames handed over since live mode was (re)started."""
+        return self._live_submitted
+
+    @property
+    def live_shown(self) -> int:
+        """Live frames segmented and shown since live mode was (re)started."""
+        return self._live_shown
 
     @property
     def live_skipped(self) -> int:
@@ -414,7 +438,7 @@ class SegmentCellsWidget(QWidget):
     def _existing_labels(self, stack: ImageStack) -> Optional[Labels]:
         name = f"{stack.name} cells"
         layer = self.viewer.layers[name] if name in self.viewer.layers else None
-        if isinstance(layer, Labels) and layer.data.shape == stack.labels_shape and layer in self._tables:
+        if isinstance(layer, Labels) and layer.data.shape == stack.labels_shape and TABLE in layer.metadata:
             return layer
         return None
 
@@ -432,18 +456,18 @@ class SegmentCellsWidget(QWidget):
             if name in self.viewer.layers:
                 self.viewer.layers.remove(name)
             labels = self.viewer.add_labels(data, name=name, scale=layer.scale, translate=layer.translate)
-        self._tables[labels] = CellTable(len(stack.leading_shape))
+        labels.metadata[TABLE] = CellTable(len(stack.leading_shape))
         return labels
 
     def _forget_cells(self, stack: ImageStack) -> None:
         labels = self._existing_labels(stack)
         if labels is not None:
-            del self._tables[labels]
+            del labels.metadata[TABLE]
 
-    def _show(self, layer: Image, stack: ImageStack, cells: PlaneCells, latency_s: Optional[float] = None,
+    def _show(self, layer: Image, stack: ImageStack, cells: PlaneCells, shown: Optional[Shown] = None,
               publish: bool = True) -> None:
         labels = self._labels_layer(layer, stack)
-        ids = self._tables[labels].add(cells)
+        ids = labels.metadata[TABLE].add(cells)
         if cells.plane:
             labels.data[cells.plane] = ids
             labels.refresh()
@@ -451,11 +475,11 @@ class SegmentCellsWidget(QWidget):
             labels.data = ids
         if publish:
             self._publish(labels, layer, stack)
-        self.cells_shown.emit(Shown(stack.name, cells.plane, cells, latency_s))
+        self.cells_shown.emit(shown or Shown(stack.name, cells.plane, cells))
 
     def _publish(self, labels: Labels, layer: Image, stack: ImageStack) -> None:
         """The features table (and the boxes) of every plane segmented so far."""
-        table = self._tables[labels]
+        table = labels.metadata[TABLE]
         labels.features = table.features()
         if self.boxes_check.isChecked():
             self._show_boxes(layer, stack, table)
