@@ -270,7 +270,7 @@ def test_bad_input_is_a_notification_and_leaves_the_viewer_as_it_was(make_widget
     widget.segmenter_edit.setText(str(tmp_path / "seg.pth"))  # resnet18 weights, backbone resnet50
     before = len(notification_manager.records)
     run_and_wait(widget, qtbot)
-    assert any("resnet" in m.lower() or "does not fit" in m or "missing" in m for m in new_errors(before))
+    assert any("det.pth' does not fit Detector" in m for m in new_errors(before))
     widget.live_check.setChecked(True)
     qtbot.waitUntil(lambda: not widget.live_check.isChecked(), timeout=WAIT_MS)  # live stops on the error
     assert [layer.name for layer in viewer.layers] == ["sample"] and widget.run_button.isEnabled()
