@@ -42,13 +42,18 @@ def register_plugin(plugin: str = "ancis-fast") -> None:
         manager.register(npe2.PluginManifest.from_file(ROOT / "ancis_fast" / "napari.yaml"))
 
 
-def wait_while(condition, app, timeout_s: float = 600.0) -> None:
+def wait_while(condition, timeout_s: float = 600.0) -> None:
+    """Run Qt's event loop (as napari does) while ``condition()`` holds."""
+    from qtpy.QtCore import QEventLoop, QTimer
+
     deadline = time.monotonic() + timeout_s
-    while condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"still busy after {timeout_s:.0f} s")
-        app.processEvents()
-        time.sleep(0.01)
+    loop, check = QEventLoop(), QTimer()
+    check.timeout.connect(lambda: loop.quit() if not condition() or time.monotonic() > deadline else None)
+    check.start(20)
+    loop.exec()
+    check.stop()
+    if condition():
+        raise TimeoutError(f"still busy after {timeout_s:.0f} s")
 
 
 def cli_labels(image: Path, threads: int):
@@ -71,7 +76,6 @@ def main() -> int:
     import napari
     import numpy as np
     import torch
-    from qtpy.QtWidgets import QApplication
 
     from ancis_fast.io.writers import atomic_path
     from ancis_fast.models.weights import ASSETS
@@ -82,10 +86,9 @@ def main() -> int:
     register_plugin()
     viewer.open_sample("ancis-fast", "sample")
     _, widget = viewer.window.add_plugin_dock_widget("ancis-fast", "Segment cells")
-    app = QApplication.instance()
     started = time.perf_counter()
     widget.run_button.click()
-    wait_while(lambda: widget.busy, app)
+    wait_while(lambda: widget.busy)
     print(f"widget: {widget.status_label.text()} (Run pressed to cells shown: {time.perf_counter() - started:.1f} s)")
     widget_labels = viewer.layers["sample cells"].data
     want = cli_labels(ASSETS / "sample.png", args.threads)
@@ -94,9 +97,8 @@ def main() -> int:
           f"{'identical' if same else 'DIFFERENT'}")
     viewer.layers.selection.active = viewer.layers["sample cells"]
     viewer.reset_view()
-    for _ in range(20):
-        app.processEvents()
-        time.sleep(0.02)
+    drawn = time.monotonic() + 0.5
+    wait_while(lambda: time.monotonic() < drawn, 10)
     with atomic_path(args.out) as tmp:
         viewer.screenshot(str(tmp), canvas_only=False)
     print(f"screenshot: {args.out}")

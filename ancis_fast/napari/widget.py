@@ -279,6 +279,7 @@ class SegmentCellsWidget(QWidget):
 
     def _segment_planes(self, settings: SegmentSettings, stack: ImageStack, planes: List[Plane]) -> Iterator:
         """Worker thread: each plane's :class:`PlaneCells`, reporting progress over tiles."""
+        _import_features_table()
         predictor = self.predictors.get(settings)
         for number, plane in enumerate(planes):
             def on_tile(done: int, total: int, number: int = number) -> None:
@@ -339,12 +340,13 @@ class SegmentCellsWidget(QWidget):
     def _start_live(self) -> None:
         try:
             layer = self.image_layer()
-            ImageStack.from_layer(layer)
+            stack = ImageStack.from_layer(layer)
             settings = self.settings()
         except ValueError as exc:
             self._report(exc)
             self.live_check.setChecked(False)
             return
+        self._labels_layer(layer, stack)  # made now, not when the first frame's cells arrive
         self._live_session += 1
         self._live_frames, self._live_layer = LatestFrame(), layer
         self._live_submitted, self._live_shown, self._live_latencies = 0, 0, []
@@ -387,6 +389,7 @@ class SegmentCellsWidget(QWidget):
 
     def _live_results(self, settings: SegmentSettings, frames: LatestFrame) -> Iterator:
         """Worker thread: ``(LiveFrame, PlaneCells)`` per frame streamed."""
+        _import_features_table()
         predictor = self.predictors.get(settings)
         stream = predictor.stream(frames, max_queue=1, drop_oldest=True)
         self._live_stream = stream
@@ -513,6 +516,15 @@ class SegmentCellsWidget(QWidget):
         self.cancel()
         self._stop_live()
         super().closeEvent(event)
+
+
+def _import_features_table() -> None:
+    """napari turns a layer's features into a pandas table, importing pandas the first time
+    (half a second or more); importing it first in a worker keeps that off the GUI thread."""
+    try:
+        import pandas  # noqa: F401
+    except ImportError:  # napari without pandas: nothing to do ahead
+        pass
 
 
 def _guarded(job: Iterator) -> Iterator:
