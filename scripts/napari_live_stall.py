@@ -54,7 +54,7 @@ def main() -> int:
     viewer = napari.Viewer(title="ancis_fast live")
     frames = camera_frames(read_image(ASSETS / "sample.png"), 16)
     layer = viewer.add_image(frames[0], name="camera")
-    _, widget = viewer.window.add_plugin_dock_widget("ancis-fast", "Segment cells")
+    _, widget = viewer.window.add_plugin_dock_widget("ancis_fast", "Segment cells")
     latencies, shown_at = [], []
     widget.cells_shown.connect(lambda shown: (latencies.append(shown.latency_s), shown_at.append(time.perf_counter())))
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -31,15 +30,17 @@ def rerun_under_xvfb() -> None:
     os.execvp("xvfb-run", ["xvfb-run", "-a", "-s", SCREEN, sys.executable, *sys.argv])
 
 
-def register_plugin(plugin: str = "ancis-fast") -> None:
+def register_plugin(plugin: str = "ancis_fast") -> str:
     """Make napari see the plugin: pip-installed, its entry point does; from a checkout
-    that is not, the manifest file is registered directly."""
+    that is not, the manifest file is registered directly. Returns which of the two."""
     import npe2
 
     manager = npe2.PluginManager.instance()
     manager.discover()
-    if plugin not in manager._manifests:
-        manager.register(npe2.PluginManifest.from_file(ROOT / "ancis_fast" / "napari.yaml"))
+    if plugin in manager._manifests:
+        return "found through its napari.manifest entry point"
+    manager.register(npe2.PluginManifest.from_file(ROOT / "ancis_fast" / "napari.yaml"))
+    return "registered from the checkout's file (not pip-installed)"
 
 
 def wait_while(condition, timeout_s: float = 600.0) -> None:
@@ -57,12 +58,16 @@ def wait_while(condition, timeout_s: float = 600.0) -> None:
 
 
 def cli_labels(image: Path, threads: int):
-    """The label image `ancis-fast predict` writes for ``image``."""
+    """The label image `ancis-fast predict` writes for ``image`` (its entry point run here,
+    so that it is the same ancis_fast as the viewer's)."""
     import tifffile
 
+    from ancis_fast.cli import main as ancis_fast_cli
+
     with tempfile.TemporaryDirectory() as out:
-        subprocess.run([sys.executable, "-m", "ancis_fast", "predict", str(image), "--out", out, "--save", "labels",
-                        "--threads", str(threads), "--quiet"], check=True, cwd=ROOT)
+        if ancis_fast_cli(["predict", str(image), "--out", out, "--save", "labels", "--threads", str(threads),
+                           "--quiet"]) != 0:
+            raise RuntimeError("ancis-fast predict failed")
         return tifffile.imread(Path(out) / f"{image.stem}_labels.tif")
 
 
@@ -83,12 +88,15 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     viewer = napari.Viewer(title="ancis_fast in napari")
     viewer.window.resize(1600, 900)
-    register_plugin()
-    viewer.open_sample("ancis-fast", "sample")
-    _, widget = viewer.window.add_plugin_dock_widget("ancis-fast", "Segment cells")
+    plugin_source = register_plugin()
+    viewer.open_sample("ancis_fast", "sample")
+    _, widget = viewer.window.add_plugin_dock_widget("ancis_fast", "Segment cells")
     started = time.perf_counter()
     widget.run_button.click()
     wait_while(lambda: widget.busy)
+    import ancis_fast
+
+    print(f"ancis_fast from {Path(ancis_fast.__file__).parent}; plugin manifest {plugin_source}")
     print(f"widget: {widget.status_label.text()} (Run pressed to cells shown: {time.perf_counter() - started:.1f} s)")
     widget_labels = viewer.layers["sample cells"].data
     want = cli_labels(ASSETS / "sample.png", args.threads)

@@ -16,6 +16,11 @@ if not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
                 allow_module_level=True)
 
 import torch  # noqa: E402
+
+try:
+    import tomllib
+except ImportError:  # Python 3.10: pip's copy of the same parser
+    from pip._vendor import tomli as tomllib
 from napari.utils.notifications import NotificationSeverity, notification_manager  # noqa: E402
 from qtpy.QtCore import QTimer  # noqa: E402
 
@@ -82,7 +87,10 @@ def bgr(rgb):
 def test_manifest_registers_the_widget_and_the_samples(make_napari_viewer):
     npe2 = pytest.importorskip("npe2")
     manifest = npe2.PluginManifest.from_file(MANIFEST)
-    assert 'ancis-fast = "ancis_fast:napari.yaml"' in (ROOT / "pyproject.toml").read_text()
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    # napari finds the manifest through this entry point, and loads it only when its name is the package's
+    assert project["entry-points"]["napari.manifest"] == {manifest.name: "ancis_fast:napari.yaml"}
+    assert manifest.name == project["name"]
     manager = npe2.PluginManager.instance()
     registered_here = manifest.name not in manager._manifests
     if registered_here:  # this checkout is not pip-installed with its entry point: register the file

@@ -42,6 +42,7 @@ CURRENT_PLANE, ALL_PLANES = "current plane", "all planes"
 PROGRESS_STEPS = 1000
 DEFAULTS = PredictorConfig()
 TABLE = "ancis_fast cells"  # the Labels layer's metadata entry holding its CellTable
+MODEL_READY = object()  # what the live worker yields once its predictor is built
 
 
 class Cancelled(Exception):
@@ -340,13 +341,12 @@ class SegmentCellsWidget(QWidget):
     def _start_live(self) -> None:
         try:
             layer = self.image_layer()
-            stack = ImageStack.from_layer(layer)
+            ImageStack.from_layer(layer)
             settings = self.settings()
         except ValueError as exc:
             self._report(exc)
             self.live_check.setChecked(False)
             return
-        self._labels_layer(layer, stack)  # made now, not when the first frame's cells arrive
         self._live_session += 1
         self._live_frames, self._live_layer = LatestFrame(), layer
         self._live_submitted, self._live_shown, self._live_latencies = 0, 0, []
@@ -391,6 +391,7 @@ class SegmentCellsWidget(QWidget):
         """Worker thread: ``(LiveFrame, PlaneCells)`` per frame streamed."""
         _import_features_table()
         predictor = self.predictors.get(settings)
+        yield MODEL_READY
         stream = predictor.stream(frames, max_queue=1, drop_oldest=True)
         self._live_stream = stream
         for found in stream:
@@ -402,6 +403,9 @@ class SegmentCellsWidget(QWidget):
             self._report(item.error)
             self.live_check.setChecked(False)
             return
+        if item is MODEL_READY:  # make the Labels layer now, not when the first frame's cells arrive
+            self._ready_live_labels()
+            return
         frame, cells = item
         if frame.session != self._live_session or frame.stack.name not in self.viewer.layers:
             return  # live mode was stopped or restarted meanwhile
@@ -412,6 +416,14 @@ class SegmentCellsWidget(QWidget):
         self.live_label.setText(f"live: {latency * 1000:.0f} ms per frame (median "
                                 f"{np.median(self._live_latencies) * 1000:.0f} ms), {self._live_shown} shown, "
                                 f"{self.live_skipped} skipped")
+
+    def _ready_live_labels(self) -> None:
+        if self._live_layer is None:
+            return
+        try:
+            self._labels_layer(self._live_layer, ImageStack.from_layer(self._live_layer))
+        except ValueError:  # the layer changed meanwhile: the next frame says how
+            pass
 
     @property
     def live_submitted(self) -> int:
