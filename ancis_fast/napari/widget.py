@@ -43,6 +43,7 @@ PROGRESS_STEPS = 1000
 DEFAULTS = PredictorConfig()
 TABLE = "ancis_fast cells"  # the Labels layer's metadata entry holding its CellTable
 MODEL_READY = object()  # what the live worker yields once its predictor is built
+LABELS_WAIT_S = 10.0  # the longest the live worker waits for its Labels layer before streaming
 
 
 class Cancelled(Exception):
@@ -391,7 +392,9 @@ class SegmentCellsWidget(QWidget):
         """Worker thread: ``(LiveFrame, PlaneCells)`` per frame streamed."""
         _import_features_table()
         predictor = self.predictors.get(settings)
-        yield MODEL_READY
+        labels_made = threading.Event()
+        yield MODEL_READY, labels_made
+        labels_made.wait(LABELS_WAIT_S)  # napari makes a layer faster with the CPU to itself
         stream = predictor.stream(frames, max_queue=1, drop_oldest=True)
         self._live_stream = stream
         for found in stream:
@@ -403,8 +406,9 @@ class SegmentCellsWidget(QWidget):
             self._report(item.error)
             self.live_check.setChecked(False)
             return
-        if item is MODEL_READY:  # make the Labels layer now, not when the first frame's cells arrive
+        if item[0] is MODEL_READY:  # make the Labels layer now, not when the first frame's cells arrive
             self._ready_live_labels()
+            item[1].set()
             return
         frame, cells = item
         if frame.session != self._live_session or frame.stack.name not in self.viewer.layers:
