@@ -72,7 +72,7 @@ class Shown:
 class LiveFrame:
     """Where a live frame came from (the tag of its :class:`LatestFrame` entry)."""
 
-    session: int
+    start: int  # which start of live mode it belongs to
     number: int  # frames handed over before this one since live mode started
     layer: Image
     stack: ImageStack
@@ -96,7 +96,7 @@ class SegmentCellsWidget(QWidget):
         self._live_worker = None
         self._live_frames: Optional[LatestFrame] = None
         self._live_layer: Optional[Image] = None
-        self._live_session = 0
+        self._live_start = 0
         self._live_submitted = self._live_shown = 0
         self._live_latencies: List[float] = []
         self._live_stream = None
@@ -348,7 +348,7 @@ class SegmentCellsWidget(QWidget):
             self._report(exc)
             self.live_check.setChecked(False)
             return
-        self._live_session += 1
+        self._live_start += 1
         self._live_frames, self._live_layer = LatestFrame(), layer
         self._live_submitted, self._live_shown, self._live_latencies = 0, 0, []
         self.live_label.setText("live: waiting for the first frame...")
@@ -384,7 +384,7 @@ class SegmentCellsWidget(QWidget):
             self._report(exc)
             self.live_check.setChecked(False)
             return
-        self._live_frames.put(image, LiveFrame(self._live_session, self._live_submitted, layer, stack, plane,
+        self._live_frames.put(image, LiveFrame(self._live_start, self._live_submitted, layer, stack, plane,
                                                time.perf_counter()))
         self._live_submitted += 1
 
@@ -411,7 +411,7 @@ class SegmentCellsWidget(QWidget):
             item[1].set()
             return
         frame, cells = item
-        if frame.session != self._live_session or frame.stack.name not in self.viewer.layers:
+        if frame.start != self._live_start or frame.stack.name not in self.viewer.layers:
             return  # live mode was stopped or restarted meanwhile
         latency = time.perf_counter() - frame.submitted
         self._show(frame.layer, frame.stack, cells, Shown(frame.stack.name, cells.plane, cells, latency, frame.number))
