@@ -12,12 +12,16 @@ level, or a TIFF read through tifffile's zarr store; gray or colour, 8/16-bit):
    :func:`ancis_fast.tiling.tile_starts` (stride ``block``); each worker reads its window
    from the file itself and segments it with ``predict(window, tile=..., overlap=...)``,
    and saves the cells to ``<out>/<name>.blocks/`` (reused by ``resume``);
-3. the client stitches the windows with :func:`ancis_fast.tiling.stitch`'s rules
+3. the windows are stitched on the workers by :func:`ancis_fast.tiling.stitch`'s rules
    (each cell taken from the window where it lies farthest from the inner edges, once; no
    two cells overlapping by mask IoU over :data:`ancis_fast.tiling.DUPLICATE_IOU`), so a
-   cell crossing a seam is one instance with one id;
-4. labels go to ``<out>/<name>_labels.zarr`` (chunked like the input) and the cell table
-   (id, score, box, area, centroid: :meth:`Instances.to_csv`) to ``<out>/<name>.csv``.
+   cell crossing a seam is one instance with one id: only the cells near the seams are
+   compared, group by group (:mod:`ancis_fast.distributed_stitch`);
+4. the workers write the labels, chunk by chunk, to ``<out>/<name>_labels.zarr`` (chunked
+   like the input) and the rows of the cell table (id, score, box, area, centroid:
+   :meth:`Instances.to_csv`), which the client joins into ``<out>/<name>.csv``. The client
+   holds no mask. Ids run window by window, by descending score within a window (see
+   :mod:`ancis_fast.distributed_stitch`).
 
 **Many files** (:func:`segment_files`): one task per file, the same outputs as
 ``ancis-fast predict`` (:func:`ancis_fast.io.writers.write_instances`), atomic, ``resume``
@@ -46,7 +50,9 @@ from .instances import Instances
 from .io.readers import iter_frames
 from .io.writers import DEFAULT_SAVE, atomic_path, output_paths, write_instances, write_text
 from .pipeline.preprocess import Normalization, _scale_to_uint8, to_bgr8, to_uint8, validate_image
-from .tiling import stitch, tile_starts, tile_windows
+from .distributed_stitch import (chunk_cells, load_cells, number_window, paint_chunk, resolve_group, seam_groups,
+                                 sort_out_window, write_table)
+from .tiling import tile_starts, tile_windows
 
 PathLike = Union[str, os.PathLike]
 DEFAULT_BLOCK = 2048  # px; windows when the input's chunks are too small or thin to follow
@@ -342,9 +348,10 @@ class ImageResult:
     already_done: bool = False  # resume found both outputs: nothing was run
     failed: List[Tuple[str, str]] = field(default_factory=list)
     seconds: float = 0.0
-    #: the stitched cells (image pixels); ``None`` when not segmented in this call
+    #: the stitched cells (image pixels) in id order, with ``keep_instances=True``; else ``None``
     instances: Optional[Instances] = None
-    #: seconds of each step: ``statistics``, ``blocks`` (on the workers), ``stitch``, ``write`` (on the client)
+    #: seconds of each step (all run on the workers): ``statistics``, ``blocks`` (segmenting), ``stitch``
+    #: (seams decided, ids given), ``write`` (labels painted, table joined)
     timings: Dict[str, float] = field(default_factory=dict)
 
 
@@ -355,7 +362,8 @@ def image_outputs(out: PathLike, name: str) -> Tuple[Path, Path]:
 
 def segment_image(client, path: PathLike, out: PathLike, predictor: Union[PredictorSpec, Mapping[str, Any], None] = None,
                   *, block: Optional[int] = None, overlap: int = 64, tile: int = 512, tile_overlap: Optional[int] = None,
-                  name: Optional[str] = None, resume: bool = False, progress: bool = False) -> ImageResult:
+                  name: Optional[str] = None, resume: bool = False, progress: bool = False,
+                  keep_instances: bool = False) -> ImageResult:
     """Segment one huge 2-D image on the cluster of ``client`` (see module docstring).
 
     Args:
@@ -371,6 +379,8 @@ def segment_image(client, path: PathLike, out: PathLike, predictor: Union[Predic
         tile, tile_overlap: each window is segmented with ``predict(window, tile, tile_overlap)``
             (default ``tile_overlap``: ``overlap``).
         resume: keep outputs that exist, and windows saved by an earlier, interrupted run.
+        keep_instances: also load every stitched cell into ``ImageResult.instances`` (the
+            client then holds all masks: for checks on images of modest size).
     Returns:
         an :class:`ImageResult`; when some windows failed, no outputs are written (the
         windows that worked are kept for ``resume``).
@@ -405,7 +415,8 @@ def segment_image(client, path: PathLike, out: PathLike, predictor: Union[Predic
     result.failed = _wait(client, futures, [f"{name} {_window_name(w)}" for w in todo], progress)
     result.timings["blocks"] = time.perf_counter() - started - result.timings["statistics"]
     if not result.failed:
-        _write_image_outputs(result, saved, (height, width), window, overlap, label_chunks, labels_path, table_path)
+        _write_image_outputs(client, result, saved, (height, width), window, overlap, label_chunks, labels_path,
+                             table_path, keep_instances)
     result.seconds = time.perf_counter() - started
     return result
 
@@ -419,18 +430,70 @@ def _layout(chunks: Tuple[int, int], block: Optional[int], stride: int) -> Tuple
     return block, (chunks if usable else (block, block))
 
 
-def _write_image_outputs(result: ImageResult, saved: Dict[Tuple[int, int, int, int], Path], size: Tuple[int, int],
-                         window: int, overlap: int, label_chunks: Tuple[int, int], labels_path: Path,
-                         table_path: Path) -> None:
-    """Stitch the saved windows, write labels and table, drop the saved windows."""
+def _write_image_outputs(client, result: ImageResult, saved: Dict[Tuple[int, int, int, int], Path],
+                         size: Tuple[int, int], window: int, overlap: int, label_chunks: Tuple[int, int],
+                         labels_path: Path, table_path: Path, keep_instances: bool) -> None:
+    """Stitch the saved windows and write labels and table, all on the workers (see
+    :mod:`ancis_fast.distributed_stitch`); drop the saved windows. Failed steps are
+    recorded in ``result.failed`` and leave no outputs."""
     step = time.perf_counter()
-    instances = _stitch(saved, size, window, overlap)
+    windows = tile_windows(size[0], size[1], window, overlap)
+    by_origin = {(w[0], w[2]): path for w, path in saved.items()}
+    found = [by_origin[(w[0], w[1])] for w in windows]
+    work = found[0].parent / "stitch"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    count = len(windows)
+    names = [f"{result.name} {_window_name((w[0], w[2], w[1], w[3]))}" for w in windows]
+
+    def run(task, *columns, what: str, labels: Sequence[str]) -> Optional[list]:
+        futures = client.map(task, *columns, pure=False)
+        result.failed = _wait(client, futures, [f"{label} ({what})" for label in labels], False)
+        return None if result.failed else futures
+
+    sorted_out = run(sort_out_window, found, range(count), [windows] * count, [size] * count, [work] * count,
+                     what="seams", labels=names)
+    if sorted_out is None:
+        return
+    settled, extents = zip(*client.gather(sorted_out))
+    groups = seam_groups(extents)
+    resolved = run(resolve_group, groups, range(len(groups)), [work] * len(groups), what="seams",
+                   labels=[f"{result.name} seam group {g}" for g in range(len(groups))])
+    if resolved is None:
+        return
+    won: List[List[Tuple[str, int]]] = [[] for _ in windows]
+    for kept in client.gather(resolved):
+        for k, part in kept.items():
+            won[k].append(part)
+    cells = np.array(settled, np.int64) + np.array([sum(n for _, n in parts) for parts in won], np.int64)
+    firsts = (1 + np.concatenate([[0], np.cumsum(cells)[:-1]])).tolist()
+    numbered = run(number_window, range(count), firsts, [[p for p, _ in parts] for parts in won], [size] * count,
+                   [work] * count, what="ids", labels=names)
+    if numbered is None:
+        return
+    reach = client.gather(numbered)
     result.timings["stitch"], step = time.perf_counter() - step, time.perf_counter()
-    write_labels_zarr(labels_path, instances, label_chunks)
-    write_text(table_path, instances.to_csv())
-    shutil.rmtree(next(iter(saved.values())).parent, ignore_errors=True)
+    total = int(cells.sum())
+    labels_tmp = Path(tempfile.mkdtemp(prefix=f".{labels_path.name}.", dir=labels_path.parent))
+    try:
+        import zarr
+
+        dtype = np.uint16 if total <= np.iinfo(np.uint16).max else np.uint32
+        zarr.open_array(str(labels_tmp), mode="w", shape=size, chunks=label_chunks, dtype=dtype)
+        chunks = _chunk_windows(size[0], size[1], label_chunks)
+        if run(paint_chunk, [str(labels_tmp)] * len(chunks), chunks, [chunk_cells(c, reach, work) for c in chunks],
+               what="labels", labels=[f"{result.name} labels of {_window_name(c)}" for c in chunks]) is None:
+            return
+        write_table(table_path, work, count)
+        if labels_path.exists():
+            shutil.rmtree(labels_path)
+        os.replace(labels_tmp, labels_path)
+    finally:
+        shutil.rmtree(labels_tmp, ignore_errors=True)
+    result.instances = load_cells(work, count, size) if keep_instances else None
+    shutil.rmtree(work.parent, ignore_errors=True)
     result.timings["write"] = time.perf_counter() - step
-    result.labels, result.table, result.cells, result.instances = labels_path, table_path, len(instances), instances
+    result.labels, result.table, result.cells = labels_path, table_path, total
 
 
 def _normalization(spec: PredictorSpec) -> Normalization:
@@ -455,57 +518,6 @@ def _segment_window(spec: PredictorSpec, source: ImageSource, window: Tuple[int,
     with atomic_path(save) as tmp:
         tmp.write_bytes(pickle.dumps(found, protocol=pickle.HIGHEST_PROTOCOL))
     return len(found)
-
-
-def _stitch(saved: Dict[Tuple[int, int, int, int], Path], size: Tuple[int, int], window: int,
-            overlap: int) -> Instances:
-    """The saved windows stitched by :func:`~ancis_fast.tiling.stitch`'s rules (they have
-    :func:`~ancis_fast.tiling.tile_windows`' layout)."""
-    by_origin = {(w[0], w[2]): path for w, path in saved.items()}
-    windows = tile_windows(size[0], size[1], window, overlap)
-    found = [pickle.loads(by_origin[(w[0], w[1])].read_bytes()) for w in windows]
-    return stitch(found, windows, size)
-
-
-def write_labels_zarr(path: PathLike, instances: Instances, chunks: Tuple[int, int]) -> Path:
-    """Label image of ``instances`` (ids as :meth:`Instances.label_image`: 1 = best score,
-    the better cell on top where masks overlap) to a zarr array chunked ``chunks``, one
-    chunk in memory at a time; written beside ``path`` and renamed onto it."""
-    import zarr
-
-    path = Path(path)
-    height, width = instances.image_size
-    dtype = np.uint16 if len(instances) <= np.iinfo(np.uint16).max else np.uint32
-    patches, origins = instances.mask_patches.patches, instances.mask_patches.origins
-    ends = origins + np.array([p.shape for p in patches], np.int64).reshape(-1, 2)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    try:
-        array = zarr.open_array(str(tmp), mode="w", shape=(height, width), chunks=chunks, dtype=dtype)
-        for y0 in range(0, height, chunks[0]):
-            for x0 in range(0, width, chunks[1]):
-                y1, x1 = min(y0 + chunks[0], height), min(x0 + chunks[1], width)
-                array[y0:y1, x0:x1] = _paint_chunk(patches, origins, ends, (y0, y1, x0, x1), dtype)
-        if path.exists():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return path
-
-
-def _paint_chunk(patches: List[np.ndarray], origins: np.ndarray, ends: np.ndarray, chunk: Tuple[int, int, int, int],
-                 dtype: type) -> np.ndarray:
-    y0, y1, x0, x1 = chunk
-    canvas = np.zeros((y1 - y0, x1 - x0), dtype)
-    hits = np.flatnonzero((origins[:, 0] < y1) & (ends[:, 0] > y0) & (origins[:, 1] < x1) & (ends[:, 1] > x0))
-    for i in hits[::-1]:  # lowest score first, so the best ends on top
-        (py, px), patch = origins[i], patches[i]
-        top, left = max(py, y0), max(px, x0)
-        bottom, right = min(py + patch.shape[0], y1), min(px + patch.shape[1], x1)
-        piece = patch[top - py : bottom - py, left - px : right - px]
-        canvas[top - y0 : bottom - y0, left - x0 : right - x0][piece] = i + 1
-    return canvas
 
 
 # ------------------------------------------------------------------ many files

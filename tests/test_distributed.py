@@ -5,6 +5,7 @@ models check that the files mode writes what sequential `ancis-fast predict` wri
 bundled model checks a 4096² mosaic against single-process tiled prediction (slow)."""
 import json
 import os
+import zlib
 import signal
 import threading
 import time
@@ -19,14 +20,19 @@ import torch
 distributed = pytest.importorskip("distributed")
 zarr = pytest.importorskip("zarr")
 
+from ancis_fast import Instances  # noqa: E402
 from ancis_fast.cli import main  # noqa: E402
 from ancis_fast.distributed import (  # noqa: E402
     PredictorSpec, built_predictors, client_for, close_client, conversion_range, open_image,
     percentiles_from_histogram, segment_files, segment_image, worker_predictor,
 )
+from ancis_fast.distributed_stitch import seam_groups  # noqa: E402
+from ancis_fast.masks import PatchMasks  # noqa: E402
 from ancis_fast.pipeline.preprocess import Normalization, to_uint8  # noqa: E402
 from ancis_fast.predictor import PredictorConfig  # noqa: E402
-from ancis_fast.tiling import predict_tiled  # noqa: E402
+from ancis_fast.tiling import (  # noqa: E402
+    WindowGrid, best_views, predict_tiled, stitch, tile_windows, window_candidates,
+)
 from conftest import blob_image, random_models  # noqa: E402
 from test_tiling import components, disks_image  # noqa: E402
 
@@ -46,6 +52,34 @@ class Blobs:
 
 
 BLOBS = PredictorSpec.of(factory=Blobs)
+
+
+class JitteredBlobs(Blobs):
+    """Blobs, plus for some cells a second view shifted by up to 3 px with another score,
+    drawn from the window's own pixels: windows disagree about the cells they share, so
+    the stitching has duplicates to drop and parts to compare."""
+
+    def predict(self, image, tile=None, overlap=64):
+        found = super().predict(image, tile, overlap)
+        rng = np.random.default_rng(zlib.crc32(np.ascontiguousarray(image).tobytes()))
+        height, width = found.image_size
+        boxes, scores, patches, origins = [], [], [], []
+        for i in range(len(found)):
+            if rng.random() < 0.5:
+                (y, x), patch = found.mask_patches.origins[i] + rng.integers(-3, 4, 2), found.mask_patches.patches[i]
+                top, left = max(y, 0), max(x, 0)
+                piece = patch[top - y : height - y, left - x : width - x]
+                if piece.any():
+                    patches.append(piece)
+                    origins.append((top, left))
+                    boxes.append((top, left, top + piece.shape[0], left + piece.shape[1]))
+                    scores.append(float(found.scores[i]) * rng.uniform(0.8, 1.2))
+        if not patches:
+            return found
+        extra = Instances(np.array(boxes, np.float32), np.array(scores),
+                          PatchMasks(patches, np.array(origins), found.image_size))
+        both = Instances.cat([found, extra])
+        return both[np.argsort(-both.scores, kind="stable")]
 
 
 @pytest.fixture(scope="module")
@@ -137,6 +171,66 @@ def test_blocks_are_stitched_into_one_instance_per_cell(client, tmp_path):
     assert [int(r["id"]) for r in rows] == list(range(1, len(truth) + 1))
     assert [int(r["area"]) for r in rows] == np.bincount(labels.ravel(), minlength=len(truth) + 1)[1:].tolist()
     assert not (tmp_path / "out" / "mosaic.blocks").exists()
+
+
+def test_seam_groups_keep_overlapping_boxes_together():
+    """Window 0's box 1 overlaps window 1's box 0, which overlaps window 3's box 0 (a
+    chain); window 1's box 1 overlaps nothing; window 2's box 0 touches window 0's box 0
+    only at an edge (no shared pixel: apart)."""
+    extents = [np.array([[0, 0, 10, 10], [50, 50, 60, 60]]), np.array([[55, 58, 65, 70], [200, 200, 210, 210]]),
+               np.array([[0, 10, 10, 20]]), np.array([[64, 69, 80, 80]])]
+    groups = seam_groups(extents)
+    as_sets = sorted(sorted((k, int(j)) for k, members in g.items() for j in members) for g in groups)
+    # components {0:0}, {0:1, 1:0, 3:0}, {1:1}, {2:0}; the first two both start at window 0: one group
+    assert as_sets == [[(0, 0), (0, 1), (1, 0), (3, 0)], [(1, 1)], [(2, 0)]]
+    assert seam_groups([np.zeros((0, 4), np.int64)] * 3) == []
+
+
+def painted(instances, ids):
+    """The documented label rule: higher score on top, ties to the lower id."""
+    canvas = np.zeros(instances.image_size, np.int64)
+    for i in sorted(range(len(instances)), key=lambda i: (instances.scores[i], -ids[i])):
+        (y, x), patch = instances.mask_patches.origins[i], instances.mask_patches.patches[i]
+        canvas[y : y + patch.shape[0], x : x + patch.shape[1]][patch] = ids[i]
+    return canvas
+
+
+def test_workers_stitch_as_one_process_does(client, tmp_path):
+    """Windows that disagree about their shared cells (JitteredBlobs): the cells the
+    workers keep, group by group, are those tiling.stitch keeps from the same windows in
+    one pass; the labels they paint follow the documented id order and overlap rule."""
+    image = to_uint8(seam_mosaic(seed=2))
+    write_zarr(tmp_path / "jittered.zarr", image, (256, 256))
+    spec = PredictorSpec.of(factory=JitteredBlobs)
+    result = segment_image(client, tmp_path / "jittered.zarr", tmp_path / "out", spec, overlap=48, tile=200,
+                           tile_overlap=40, keep_instances=True)
+    assert not result.failed
+    windows = tile_windows(*image.shape, result.block + 48, 48)
+    found = [JitteredBlobs().predict(image[y0:y1, x0:x1], tile=200, overlap=40) for y0, x0, y1, x1 in windows]
+    want = stitch(found, windows, image.shape)
+    got = result.instances
+    assert len(got) == len(want) == result.cells and len(want) > len(components(image))  # some doubles survive
+
+    def cells(instances):
+        return sorted((float(s), tuple(o), p.tobytes(), p.shape) for s, o, p in zip(
+            instances.scores, instances.mask_patches.origins, instances.mask_patches.patches))
+
+    assert cells(got) == cells(want)
+    ids = np.arange(1, len(got) + 1)
+    labels = zarr.open(str(result.labels), mode="r")[...]
+    np.testing.assert_array_equal(labels, painted(got, ids))
+    # ids window by window (the window a cell's kept view comes from), by descending score within one
+    grid = WindowGrid(windows, image.shape)
+    settled, contested = [], []
+    for k, window in enumerate(windows):
+        mine, shared = grid.sort_out(window_candidates(found[k], k, window, image.shape))
+        settled, contested = settled + mine, contested + shared
+    kept = sorted(settled + best_views(contested), key=lambda c: (c.tile, -c.score, -c.margin, c.rank))
+    assert [(c.score, c.origin) for c in kept] == [(float(s), tuple(o)) for s, o in zip(
+        got.scores, got.mask_patches.origins)]
+    rows = read_table(result.table)
+    assert [int(r["id"]) for r in rows] == ids.tolist()
+    assert [int(r["area"]) for r in rows] == got.areas.tolist()
 
 
 def corrupt_a_chunk(path):
