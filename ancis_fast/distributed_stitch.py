@@ -30,7 +30,7 @@ import numpy as np
 
 from .instances import CSV_COLUMNS, Instances
 from .io.writers import atomic_path
-from .masks import PatchMasks
+from .masks import PatchMasks, pack_patches, unpack_patches
 from .tiling import BoxIndex, Candidate, Window, WindowGrid, as_instances, best_views, window_candidates
 
 Chunk = Tuple[int, int, int, int]  # (y0, y1, x0, x1) of a label chunk
@@ -45,6 +45,26 @@ def _load(path: Union[str, Path]) -> Any:
     return pickle.loads(Path(path).read_bytes())
 
 
+def _save_candidates(path: Path, candidates: Sequence[Candidate]) -> None:
+    """Candidates as a few arrays (one buffer for all patches): quick to pickle."""
+    shapes, pixels = pack_patches([c.patch for c in candidates])
+    _save(path, {"shapes": shapes, "pixels": pixels,
+                 "boxes": np.array([c.box for c in candidates], np.float32).reshape(-1, 4),
+                 **{field: np.array([getattr(c, field) for c in candidates], kind) for field, kind in _FIELDS}})
+
+
+def _load_candidates(path: Union[str, Path]) -> List[Candidate]:
+    saved = _load(path)
+    patches = unpack_patches(saved["shapes"], saved["pixels"])
+    return [Candidate(float(saved["score"][i]), saved["boxes"][i], patch, tuple(int(v) for v in saved["origin"][i]),
+                      int(saved["label"][i]), int(saved["tile"][i]), float(saved["margin"][i]), int(saved["rank"][i]))
+            for i, patch in enumerate(patches)]
+
+
+_FIELDS = (("score", np.float64), ("origin", np.int64), ("label", np.int64), ("tile", np.int64),
+           ("margin", np.float64), ("rank", np.int64))
+
+
 # ------------------------------------------------------------------ 1. sorting out each window
 
 def sort_out_window(found_path: Path, index: int, windows: Sequence[Window], image_size: Tuple[int, int],
@@ -55,8 +75,8 @@ def sort_out_window(found_path: Path, index: int, windows: Sequence[Window], ima
     found = _load(found_path)
     candidates = window_candidates(found, index, windows[index], image_size)
     settled, contested = WindowGrid(windows, image_size).sort_out(candidates)
-    _save(work / f"{index}.settled.pkl", settled)
-    _save(work / f"{index}.contested.pkl", contested)
+    _save_candidates(work / f"{index}.settled.pkl", settled)
+    _save_candidates(work / f"{index}.contested.pkl", contested)
     return len(settled), np.array([c.extent for c in contested], np.int64).reshape(-1, 4)
 
 
@@ -101,7 +121,7 @@ def resolve_group(group: Dict[int, np.ndarray], number: int, work: Path) -> Dict
     saves the kept ones of each window ``k`` to their own file; returns ``{k: (path, count)}``."""
     candidates: List[Candidate] = []
     for window, members in group.items():
-        contested = _load(work / f"{window}.contested.pkl")
+        contested = _load_candidates(work / f"{window}.contested.pkl")
         candidates += [contested[j] for j in members]
     kept: Dict[int, List[Candidate]] = {}
     for cand in best_views(candidates):
@@ -109,7 +129,7 @@ def resolve_group(group: Dict[int, np.ndarray], number: int, work: Path) -> Dict
     paths = {}
     for window, cells in kept.items():
         paths[window] = (str(work / f"group{number}.window{window}.pkl"), len(cells))
-        _save(Path(paths[window][0]), cells)
+        _save_candidates(Path(paths[window][0]), cells)
     return paths
 
 
@@ -120,14 +140,14 @@ def number_window(index: int, first_id: int, resolved: Sequence[str], image_size
     """Worker task: window ``index``'s kept cells (settled, and won at the seams) numbered
     from ``first_id`` by descending score; saves them and their table rows; returns the
     extent ``(y1, x1, y2, x2)`` their masks cover (``None``: no cell)."""
-    cells = _load(work / f"{index}.settled.pkl")
+    cells = _load_candidates(work / f"{index}.settled.pkl")
     for path in resolved:
-        cells += _load(path)
+        cells += _load_candidates(path)
     found = as_instances(cells, image_size)
     patches = found.mask_patches
     _save(work / f"{index}.cells.pkl", {"ids": np.arange(first_id, first_id + len(found), dtype=np.int64),
                                         "scores": found.scores, "boxes": found.boxes, "labels": found.labels,
-                                        "origins": patches.origins, "patches": patches.patches})
+                                        "masks": patches})
     with atomic_path(work / f"{index}.rows.csv") as tmp:
         tmp.write_text(found.to_csv(first_id, header=False))
     if not len(found):
@@ -160,10 +180,10 @@ def paint_chunk(labels: str, chunk: Chunk, cell_files: Sequence[str]) -> None:
     hits = []
     for path in cell_files:
         cells = _load(path)
-        origins = cells["origins"]
-        ends = origins + np.array([p.shape for p in cells["patches"]], np.int64).reshape(-1, 2)
+        origins, patches = cells["masks"].origins, cells["masks"].patches
+        ends = origins + np.array([p.shape for p in patches], np.int64).reshape(-1, 2)
         for i in np.flatnonzero((origins[:, 0] < y1) & (ends[:, 0] > y0) & (origins[:, 1] < x1) & (ends[:, 1] > x0)):
-            hits.append((float(cells["scores"][i]), -int(cells["ids"][i]), tuple(origins[i]), cells["patches"][i]))
+            hits.append((float(cells["scores"][i]), -int(cells["ids"][i]), tuple(origins[i]), patches[i]))
     for _, negative_id, (py, px), patch in sorted(hits, key=lambda h: h[:2]):
         top, left = max(py, y0), max(px, x0)
         bottom, right = min(py + patch.shape[0], y1), min(px + patch.shape[1], x1)
@@ -184,10 +204,9 @@ def load_cells(work: Path, windows: int, image_size: Tuple[int, int]) -> Instanc
     """All numbered cells as one Instances in id order (for checks on small images: the
     client then holds every mask)."""
     parts = [_load(work / f"{k}.cells.pkl") for k in range(windows)]
-    patches = [p for part in parts for p in part["patches"]]
-    if not patches:
+    if not sum(len(part["ids"]) for part in parts):
         return Instances.empty(image_size)
-    masks = PatchMasks(patches, np.concatenate([part["origins"] for part in parts]), image_size)
+    masks = PatchMasks.cat([part["masks"] for part in parts])
     return Instances(np.concatenate([part["boxes"] for part in parts]),
                      np.concatenate([part["scores"] for part in parts]), masks,
                      np.concatenate([part["labels"] for part in parts]))

@@ -118,22 +118,28 @@ class BoxIndex:
         self._boxes: Dict[int, Tuple[int, int, int, int]] = {}
 
     def add(self, key: int, box: Sequence[int]) -> None:
-        self._boxes[key] = tuple(int(v) for v in box)
+        box = tuple(int(v) for v in box)
+        self._boxes[key] = box
         for bucket in self._spanned(box):
             self._buckets[bucket].append(key)
 
     def overlapping(self, box: Sequence[int]) -> np.ndarray:
         """Keys (ascending) of the boxes that share a positive area with ``box``."""
-        near = {key for bucket in self._spanned(box) for key in self._buckets.get(bucket, ())}
+        box = tuple(int(v) for v in box)
+        near = set()
+        for bucket in self._spanned(box):
+            near.update(self._buckets.get(bucket, ()))
         if self.work is not None:
             self.work.pairs += len(near)
         return np.array(sorted(k for k in near if _boxes_overlap(self._boxes[k], box)), np.int64)
 
-    def _spanned(self, box: Sequence[int]) -> Iterable[Tuple[int, int]]:
-        y1, x1, y2, x2 = (int(v) for v in box)
+    def _spanned(self, box: Tuple[int, int, int, int]) -> List[Tuple[int, int]]:
         side = self.side
-        return ((by, bx) for by in range(y1 // side, (max(y2, y1 + 1) - 1) // side + 1)
-                for bx in range(x1 // side, (max(x2, x1 + 1) - 1) // side + 1))
+        top, left = box[0] // side, box[1] // side
+        bottom, right = (max(box[2], box[0] + 1) - 1) // side, (max(box[3], box[1] + 1) - 1) // side
+        if top == bottom and left == right:
+            return [(top, left)]
+        return [(by, bx) for by in range(top, bottom + 1) for bx in range(left, right + 1)]
 
 
 def _boxes_overlap(a: Sequence[int], b: Sequence[int]) -> bool:
@@ -275,7 +281,7 @@ def _without_tile_duplicates(candidates: List[Candidate], work: Optional[StitchW
     kept = []
     for i, cand in enumerate(order):
         near = index.overlapping(e[i])
-        if _duplicate_of(cand, order, near, _box_overlaps(e[near], e[i])) is None:
+        if not len(near) or _duplicate_of(cand, order, near, _box_overlaps(e[near], e[i])) is None:
             kept.append(cand)
             index.add(i, e[i])
     return kept
@@ -331,11 +337,13 @@ def best_views(candidates: Sequence[Candidate], work: Optional[StitchWork] = Non
     kept = np.zeros(len(order), bool)
     for i, cand in enumerate(order):
         near = index.overlapping(e[i])
-        bound = _box_overlaps(e[near], e[i])
-        other = tiles[near] != cand.tile
-        taken = _covered_by(cand, order, near[other], bound[other])
-        if taken is None:
-            taken = _duplicate_of(cand, order, near, bound)
+        taken = None
+        if len(near):
+            bound = _box_overlaps(e[near], e[i])
+            other = tiles[near] != cand.tile
+            taken = _covered_by(cand, order, near[other], bound[other])
+            if taken is None:
+                taken = _duplicate_of(cand, order, near, bound)
         if taken is None:
             kept[i] = True
             index.add(i, e[i])
