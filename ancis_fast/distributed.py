@@ -18,7 +18,8 @@ level, or a TIFF read through tifffile's zarr store; gray or colour, 8/16-bit):
    cell crossing a seam is one instance with one id: only the cells near the seams are
    compared, group by group (:mod:`ancis_fast.distributed_stitch`);
 4. the workers write the labels, chunk by chunk, to ``<out>/<name>_labels.zarr`` (chunked
-   like the input) and the rows of the cell table (id, score, box, area, centroid:
+   like the input), to an OME-NGFF label pyramid ``<out>/<name>_cells.ome.zarr`` (napari,
+   ome-zarr-py; :mod:`ancis_fast.io.ngff`) and the rows of the cell table (id, score, box, area, centroid:
    :meth:`Instances.to_csv`), which the client joins into ``<out>/<name>.csv``. The client
    holds no mask. Ids run window by window, by descending score within a window (see
    :mod:`ancis_fast.distributed_stitch`).
@@ -47,6 +48,7 @@ from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Seque
 import numpy as np
 
 from .instances import Instances
+from .io.ngff import create_label_image, downsample_chunk, is_ome_zarr, level_chunks, ngff_path, source_pixel_size
 from .io.readers import iter_frames
 from .io.writers import DEFAULT_SAVE, atomic_path, output_paths, write_instances, write_text
 from .pipeline.preprocess import Normalization, _scale_to_uint8, to_bgr8, to_uint8, validate_image
@@ -341,6 +343,7 @@ class ImageResult:
     name: str
     labels: Optional[Path] = None
     table: Optional[Path] = None
+    ngff: Optional[Path] = None  # the OME-NGFF label image (<out>/<name>_cells.ome.zarr)
     cells: int = 0
     blocks: int = 0
     block: int = 0  # the window stride used, px
@@ -363,7 +366,7 @@ def image_outputs(out: PathLike, name: str) -> Tuple[Path, Path]:
 def segment_image(client, path: PathLike, out: PathLike, predictor: Union[PredictorSpec, Mapping[str, Any], None] = None,
                   *, block: Optional[int] = None, overlap: int = 64, tile: int = 512, tile_overlap: Optional[int] = None,
                   name: Optional[str] = None, resume: bool = False, progress: bool = False,
-                  keep_instances: bool = False) -> ImageResult:
+                  keep_instances: bool = False, ngff: bool = True) -> ImageResult:
     """Segment one huge 2-D image on the cluster of ``client`` (see module docstring).
 
     Args:
@@ -379,6 +382,9 @@ def segment_image(client, path: PathLike, out: PathLike, predictor: Union[Predic
         tile, tile_overlap: each window is segmented with ``predict(window, tile, tile_overlap)``
             (default ``tile_overlap``: ``overlap``).
         resume: keep outputs that exist, and windows saved by an earlier, interrupted run.
+        ngff: also write the labels as an OME-NGFF label image, ``<out>/<name>_cells.ome.zarr``
+            (:mod:`ancis_fast.io.ngff`: a pyramid under ``labels/cells``, which napari and
+            ome-zarr-py open as labels; for an OME-Zarr input it points at the input).
         keep_instances: also load every stitched cell into ``ImageResult.instances`` (the
             client then holds all masks: for checks on images of modest size).
     Returns:
@@ -391,8 +397,12 @@ def segment_image(client, path: PathLike, out: PathLike, predictor: Union[Predic
     name = name or source.name
     result = ImageResult(name)
     labels_path, table_path = image_outputs(out, name)
-    if resume and labels_path.exists() and table_path.exists():
+    outputs = [labels_path, table_path] + ([ngff_path(out, name)] if ngff else [])
+    if any(p.resolve() == Path(source.path).resolve() for p in outputs):
+        raise ValueError(f"an output of {source.path!r} would replace it; give another output folder or name")
+    if resume and labels_path.exists() and table_path.exists() and (not ngff or ngff_path(out, name).exists()):
         result.labels, result.table, result.already_done = labels_path, table_path, True
+        result.ngff = ngff_path(out, name) if ngff else None
         return result
     height, width = source.shape[:2]
     tile_overlap = overlap if tile_overlap is None else tile_overlap
@@ -416,7 +426,7 @@ def segment_image(client, path: PathLike, out: PathLike, predictor: Union[Predic
     result.timings["blocks"] = time.perf_counter() - started - result.timings["statistics"]
     if not result.failed:
         _write_image_outputs(client, result, saved, (height, width), window, overlap, label_chunks, labels_path,
-                             table_path, keep_instances)
+                             table_path, ngff_path(out, name) if ngff else None, source, keep_instances)
     result.seconds = time.perf_counter() - started
     return result
 
@@ -432,7 +442,8 @@ def _layout(chunks: Tuple[int, int], block: Optional[int], stride: int) -> Tuple
 
 def _write_image_outputs(client, result: ImageResult, saved: Dict[Tuple[int, int, int, int], Path],
                          size: Tuple[int, int], window: int, overlap: int, label_chunks: Tuple[int, int],
-                         labels_path: Path, table_path: Path, keep_instances: bool) -> None:
+                         labels_path: Path, table_path: Path, ngff_root: Optional[Path], source: ImageSource,
+                         keep_instances: bool) -> None:
     """Stitch the saved windows and write labels and table, all on the workers (see
     :mod:`ancis_fast.distributed_stitch`); drop the saved windows. Failed steps are
     recorded in ``result.failed`` and leave no outputs."""
@@ -474,26 +485,53 @@ def _write_image_outputs(client, result: ImageResult, saved: Dict[Tuple[int, int
     reach = client.gather(numbered)
     result.timings["stitch"], step = time.perf_counter() - step, time.perf_counter()
     total = int(cells.sum())
+    dtype = np.uint16 if total <= np.iinfo(np.uint16).max else np.uint32
     labels_tmp = Path(tempfile.mkdtemp(prefix=f".{labels_path.name}.", dir=labels_path.parent))
+    ngff_tmp = Path(tempfile.mkdtemp(prefix=f".{ngff_root.name}.", dir=ngff_root.parent)) if ngff_root else None
     try:
         import zarr
 
-        dtype = np.uint16 if total <= np.iinfo(np.uint16).max else np.uint32
         zarr.open_array(str(labels_tmp), mode="w", shape=size, chunks=label_chunks, dtype=dtype)
+        levels = [str(labels_tmp)]
+        if ngff_tmp is not None:
+            levels += _create_ngff(ngff_tmp, size, label_chunks, dtype, source)
         chunks = _chunk_windows(size[0], size[1], label_chunks)
-        if run(paint_chunk, [str(labels_tmp)] * len(chunks), chunks, [chunk_cells(c, reach, work) for c in chunks],
+        if run(paint_chunk, [levels[:2]] * len(chunks), chunks, [chunk_cells(c, reach, work) for c in chunks],
                what="labels", labels=[f"{result.name} labels of {_window_name(c)}" for c in chunks]) is None:
             return
+        for finer, coarser in zip(levels[1:], levels[2:]):
+            parts = level_chunks(coarser)
+            if run(downsample_chunk, [finer] * len(parts), [coarser] * len(parts), parts, what="pyramid",
+                   labels=[f"{result.name} {Path(coarser).name} {_window_name(c)}" for c in parts]) is None:
+                return
         write_table(table_path, work, count)
-        if labels_path.exists():
-            shutil.rmtree(labels_path)
-        os.replace(labels_tmp, labels_path)
+        for tmp, final in ((labels_tmp, labels_path), (ngff_tmp, ngff_root)):
+            if tmp is not None:
+                if final.exists():
+                    shutil.rmtree(final)
+                os.replace(tmp, final)
     finally:
-        shutil.rmtree(labels_tmp, ignore_errors=True)
+        for tmp in (labels_tmp, ngff_tmp):
+            if tmp is not None:
+                shutil.rmtree(tmp, ignore_errors=True)
     result.instances = load_cells(work, count, size) if keep_instances else None
     shutil.rmtree(work.parent, ignore_errors=True)
     result.timings["write"] = time.perf_counter() - step
-    result.labels, result.table, result.cells = labels_path, table_path, total
+    result.labels, result.table, result.ngff, result.cells = labels_path, table_path, ngff_root, total
+
+
+def _create_ngff(root: Path, size: Tuple[int, int], chunks: Tuple[int, int], dtype: type,
+                 source: ImageSource) -> List[str]:
+    """The empty NGFF label pyramid of ``source``'s labels: as many levels as an OME-Zarr
+    input has (pointing at it, with its pixel size), else halved down to one chunk."""
+    if is_ome_zarr(source.path, source.component):
+        import zarr
+
+        attrs = dict(zarr.open_group(source.path, mode="r").attrs)
+        multiscales = attrs.get("multiscales") or attrs.get("ome", {}).get("multiscales")
+        return create_label_image(root, size, chunks, dtype, len(multiscales[0]["datasets"]),
+                                  source_pixel_size(source.path, source.component), Path(source.path))
+    return create_label_image(root, size, chunks, dtype)
 
 
 def _normalization(spec: PredictorSpec) -> Normalization:
@@ -667,7 +705,8 @@ def predict_command(args, predictor_options: Dict[str, Any]) -> int:
             failures += [f"{n}: {e}" for n, e in done.failed]
             print(f"{item}: " + (f"{done.blocks} block(s) failed" if done.failed else "already done" if done.already_done
                                  else f"{done.cells} cell(s) in {done.blocks} block(s) ({done.reused} reused), "
-                                      f"{done.seconds:.1f} s -> {done.labels}, {done.table}"), file=sys.stderr)
+                                      f"{done.seconds:.1f} s -> {done.labels}, {done.table}, {done.ngff}"),
+                  file=sys.stderr)
         results = segment_files(client, paths, args.out, spec, save=args.save, label_format=args.label_format,
                                 tile=args.tile, overlap=args.overlap, resume=args.resume, progress=not args.quiet)
     finally:

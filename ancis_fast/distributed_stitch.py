@@ -13,7 +13,9 @@ grouped. After every window is segmented (:func:`ancis_fast.distributed.segment_
    the whole image would);
 3. each window numbers the cells it owns (a kept cell belongs to the window its kept view
    comes from) from an offset the client adds up, and writes its rows of the table;
-4. each label chunk is painted by a worker from the cells of the windows that reach it.
+4. each label chunk is painted by a worker from the cells of the windows that reach it
+   (into the plain label array and level 0 of the OME-NGFF pyramid, :mod:`ancis_fast.io.ngff`),
+   and the workers then fill the pyramid's coarser levels chunk by chunk.
 
 **Id order**: windows row by row (the order of :func:`ancis_fast.tiling.tile_windows`),
 and within a window by descending score; ids run 1..N without gaps and the table lists
@@ -29,6 +31,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from .instances import CSV_COLUMNS, Instances
+from .io.ngff import write_chunk
 from .io.writers import atomic_path
 from .masks import PatchMasks, pack_patches, unpack_patches
 from .tiling import BoxIndex, Candidate, Window, WindowGrid, as_instances, best_views, window_candidates
@@ -168,15 +171,14 @@ def write_table(path: Path, work: Path, windows: int) -> None:
 
 # ------------------------------------------------------------------ 4. label chunks
 
-def paint_chunk(labels: str, chunk: Chunk, cell_files: Sequence[str]) -> None:
-    """Worker task: paint the label chunk ``chunk`` of the zarr array at ``labels`` from the
-    cells saved in ``cell_files`` (lowest score first, ties: higher id first, so the best
-    ends on top)."""
+def paint_chunk(arrays: Sequence[str], chunk: Chunk, cell_files: Sequence[str]) -> None:
+    """Worker task: paint the label chunk ``chunk`` of the zarr arrays at ``arrays`` (the
+    plain labels, the NGFF pyramid's level 0) from the cells saved in ``cell_files``
+    (lowest score first, ties: higher id first, so the best ends on top)."""
     import zarr
 
-    array = zarr.open_array(labels, mode="r+")
     y0, y1, x0, x1 = chunk
-    canvas = np.zeros((y1 - y0, x1 - x0), array.dtype)
+    canvas = np.zeros((y1 - y0, x1 - x0), zarr.open_array(arrays[0], mode="r").dtype)
     hits = []
     for path in cell_files:
         cells = _load(path)
@@ -189,7 +191,7 @@ def paint_chunk(labels: str, chunk: Chunk, cell_files: Sequence[str]) -> None:
         bottom, right = min(py + patch.shape[0], y1), min(px + patch.shape[1], x1)
         piece = patch[top - py : bottom - py, left - px : right - px]
         canvas[top - y0 : bottom - y0, left - x0 : right - x0][piece] = -negative_id
-    array[y0:y1, x0:x1] = canvas
+    write_chunk(arrays, chunk, canvas)
 
 
 def chunk_cells(chunk: Chunk, extents: Sequence[Optional[Tuple[int, int, int, int]]], work: Path) -> List[str]:

@@ -233,6 +233,62 @@ def test_workers_stitch_as_one_process_does(client, tmp_path):
     assert [int(r["area"]) for r in rows] == got.areas.tolist()
 
 
+def ngff_levels(root):
+    """The label image's multiscales metadata and its levels, read back with zarr alone."""
+    group = zarr.open_group(str(root), mode="r")
+    assert dict(group["labels"].attrs) == {"labels": ["cells"]}
+    cells = group["labels/cells"]
+    multiscales = cells.attrs["multiscales"][0]
+    assert multiscales["version"] == "0.4" and [a["name"] for a in multiscales["axes"]] == ["y", "x"]
+    return dict(cells.attrs), [cells[d["path"]] for d in multiscales["datasets"]]
+
+
+def test_labels_are_written_as_an_ngff_pyramid(client, tmp_path):
+    image = to_uint8(seam_mosaic(seed=3))
+    result = segment_image(client, write_zarr(tmp_path / "mosaic.zarr", image, (256, 256)), tmp_path / "out", BLOBS,
+                           overlap=48, tile=200, tile_overlap=40)
+    assert result.ngff == tmp_path / "out" / "mosaic_cells.ome.zarr"
+    attrs, levels = ngff_levels(result.ngff)
+    assert "source" not in attrs["image-label"] and attrs["image-label"]["version"] == "0.4"
+    # halved until one 256 px chunk holds the image: 800x1000, 400x500, 200x250
+    assert [level.shape for level in levels] == [(800, 1000), (400, 500), (200, 250)]
+    scales = [d["coordinateTransformations"][0]["scale"] for d in attrs["multiscales"][0]["datasets"]]
+    assert scales == [[1.0, 1.0], [2.0, 2.0], [4.0, 4.0]]
+    plain = zarr.open(str(result.labels), mode="r")[...]
+    assert all(np.issubdtype(level.dtype, np.integer) for level in levels)
+    for k, level in enumerate(levels):
+        np.testing.assert_array_equal(level[...], plain[:: 2**k, :: 2**k])
+
+
+def test_ngff_labels_of_an_ome_zarr_point_at_it_without_writing_there(client, tmp_path):
+    image = to_uint8(seam_mosaic(seed=4))
+    source = zarr.open_group(str(tmp_path / "slide.ome.zarr"), mode="w", zarr_format=2)
+    source.attrs["multiscales"] = [{"version": "0.4", "axes": [{"name": "y", "type": "space"},
+                                                               {"name": "x", "type": "space"}],
+                                    "datasets": [{"path": "0", "coordinateTransformations": [
+                                        {"type": "scale", "scale": [0.25, 0.5]}]},
+                                        {"path": "1", "coordinateTransformations": [
+                                            {"type": "scale", "scale": [0.5, 1.0]}]}]}]
+    source.create_array("0", shape=image.shape, chunks=(256, 256), dtype=np.uint8)[...] = image
+    source.create_array("1", shape=(400, 500), chunks=(256, 256), dtype=np.uint8)[...] = image[::2, ::2]
+    before = sorted(str(p) for p in (tmp_path / "slide.ome.zarr").rglob("*"))
+    result = segment_image(client, tmp_path / "slide.ome.zarr", tmp_path, BLOBS, overlap=48, tile=200,
+                           tile_overlap=40)  # outputs beside the input
+    named_like_an_output = write_zarr(tmp_path / "other_cells.ome.zarr", image, (256, 256))
+    with pytest.raises(ValueError, match="would replace it"):
+        segment_image(client, named_like_an_output, tmp_path, BLOBS, name="other")
+    assert zarr.open(str(named_like_an_output), mode="r").shape == image.shape
+    assert sorted(str(p) for p in (tmp_path / "slide.ome.zarr").rglob("*")) == before
+    attrs, levels = ngff_levels(result.ngff)
+    label_group = result.ngff / "labels" / "cells"
+    assert (label_group / attrs["image-label"]["source"]["image"]).resolve() == (tmp_path / "slide.ome.zarr").resolve()
+    assert [level.shape for level in levels] == [(800, 1000), (400, 500)]  # as many levels as the image
+    scales = [d["coordinateTransformations"][0]["scale"] for d in attrs["multiscales"][0]["datasets"]]
+    assert scales == [[0.25, 0.5], [0.5, 1.0]]
+    truth = components(image)
+    assert result.cells == len(truth) and levels[0][...].max() == len(truth)
+
+
 def corrupt_a_chunk(path):
     """Overwrite the stored chunk (1, 1) with junk; returns a function that restores it."""
     chunk = next(p for p in Path(path).rglob("*") if p.is_file() and p.parent.name == "1" and p.name == "1")
