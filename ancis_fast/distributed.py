@@ -52,6 +52,7 @@ from .io.ngff import create_label_image, downsample_chunk, is_ome_zarr, level_ch
 from .io.readers import iter_frames
 from .io.writers import DEFAULT_SAVE, atomic_path, output_paths, write_instances, write_text
 from .pipeline.preprocess import Normalization, _scale_to_uint8, to_bgr8, to_uint8, validate_image
+from .background import BACKGROUNDS, assemble, thumbnail_piece, tissue_mask, view_factor, windows_with_tissue
 from .distributed_stitch import (chunk_cells, load_cells, number_window, paint_chunk, resolve_group, seam_groups,
                                  sort_out_window, write_table)
 from .tiling import tile_starts, tile_windows
@@ -348,12 +349,14 @@ class ImageResult:
     blocks: int = 0
     block: int = 0  # the window stride used, px
     reused: int = 0  # windows kept from an interrupted run (resume)
+    skipped: int = 0  # windows without tissue, not segmented (background=)
     already_done: bool = False  # resume found both outputs: nothing was run
     failed: List[Tuple[str, str]] = field(default_factory=list)
     seconds: float = 0.0
     #: the stitched cells (image pixels) in id order, with ``keep_instances=True``; else ``None``
     instances: Optional[Instances] = None
-    #: seconds of each step (all run on the workers): ``statistics``, ``blocks`` (segmenting), ``stitch``
+    #: seconds of each step (all run on the workers): ``statistics``, ``background`` (with
+    #: ``background=``: the tissue found), ``blocks`` (segmenting), ``stitch``
     #: (seams decided, ids given), ``write`` (labels painted, table joined)
     timings: Dict[str, float] = field(default_factory=dict)
 
@@ -366,7 +369,7 @@ def image_outputs(out: PathLike, name: str) -> Tuple[Path, Path]:
 def segment_image(client, path: PathLike, out: PathLike, predictor: Union[PredictorSpec, Mapping[str, Any], None] = None,
                   *, block: Optional[int] = None, overlap: int = 64, tile: int = 512, tile_overlap: Optional[int] = None,
                   name: Optional[str] = None, resume: bool = False, progress: bool = False,
-                  keep_instances: bool = False, ngff: bool = True) -> ImageResult:
+                  keep_instances: bool = False, ngff: bool = True, background: Optional[str] = None) -> ImageResult:
     """Segment one huge 2-D image on the cluster of ``client`` (see module docstring).
 
     Args:
@@ -385,6 +388,10 @@ def segment_image(client, path: PathLike, out: PathLike, predictor: Union[Predic
         ngff: also write the labels as an OME-NGFF label image, ``<out>/<name>_cells.ome.zarr``
             (:mod:`ancis_fast.io.ngff`: a pyramid under ``labels/cells``, which napari and
             ome-zarr-py open as labels; for an OME-Zarr input it points at the input).
+        background: ``"dark"`` (fluorescence) or ``"bright"`` (bright-field): segment only the
+            windows where Otsu's threshold on a low-resolution view finds tissue
+            (:mod:`ancis_fast.background`; ``ImageResult.skipped`` counts the others);
+            ``None`` (default): segment every window.
         keep_instances: also load every stitched cell into ``ImageResult.instances`` (the
             client then holds all masks: for checks on images of modest size).
     Returns:
@@ -392,6 +399,8 @@ def segment_image(client, path: PathLike, out: PathLike, predictor: Union[Predic
         windows that worked are kept for ``resume``).
     """
     started = time.perf_counter()
+    if background not in (None,) + BACKGROUNDS:
+        raise ValueError(f"background={background!r}; expected None (segment every window) or one of {BACKGROUNDS}")
     spec = predictor if isinstance(predictor, PredictorSpec) else PredictorSpec.of(predictor)
     source = open_image(path)
     name = name or source.name
@@ -419,16 +428,56 @@ def segment_image(client, path: PathLike, out: PathLike, predictor: Union[Predic
     saved = {w: Path(out) / f"{name}.blocks" / f"{_window_name(w)}.pkl" for w in windows}
     todo = [w for w in windows if not (resume and saved[w].exists())]
     result.blocks, result.reused = len(windows), len(windows) - len(todo)
+    if background is not None and todo:
+        try:
+            todo = _skip_background(client, source, todo, label_chunks, scale, background, saved, result)
+        except BlocksFailed as exc:
+            result.failed, result.seconds = exc.failed, time.perf_counter() - started
+            return result
     worker_spec = spec.with_options(normalize="none") if spec.factory is None else spec  # blocks come as 8-bit
     futures = client.map(_segment_window, [worker_spec] * len(todo), [source] * len(todo), todo, [scale] * len(todo),
                          [tile] * len(todo), [tile_overlap] * len(todo), [saved[w] for w in todo], pure=False)
     result.failed = _wait(client, futures, [f"{name} {_window_name(w)}" for w in todo], progress)
-    result.timings["blocks"] = time.perf_counter() - started - result.timings["statistics"]
+    result.timings["blocks"] = time.perf_counter() - started - sum(result.timings.values())
     if not result.failed:
         _write_image_outputs(client, result, saved, (height, width), window, overlap, label_chunks, labels_path,
                              table_path, ngff_path(out, name) if ngff else None, source, keep_instances)
     result.seconds = time.perf_counter() - started
     return result
+
+
+def _skip_background(client, source: ImageSource, todo: List[Tuple[int, int, int, int]], chunks: Tuple[int, int],
+                     scale: Optional[Tuple[float, float]], background: str,
+                     saved: Dict[Tuple[int, int, int, int], Path], result: ImageResult) -> List[Tuple[int, int, int, int]]:
+    """The windows of ``todo`` that hold tissue (:mod:`ancis_fast.background`); the others
+    are saved as segmented with no cell, and counted in ``result.skipped``."""
+    step = time.perf_counter()
+    size = source.shape[:2]
+    factor = view_factor(size)
+    parts = _chunk_windows(size[0], size[1], chunks)
+    pieces = client.map(_thumbnail_piece, [source] * len(parts), parts, [scale] * len(parts), [factor] * len(parts),
+                        pure=False)
+    failed = _wait(client, pieces, [f"{source.name} low-resolution view of {_window_name(c)}" for c in parts], False)
+    if failed:
+        raise BlocksFailed(failed)
+    mask = tissue_mask(assemble(client.gather(pieces), parts, size, factor), background)
+    keep = windows_with_tissue(mask, factor, todo)
+    for window, tissue in zip(todo, keep):
+        if not tissue:
+            with atomic_path(saved[window]) as tmp:
+                empty = Instances.empty((window[1] - window[0], window[3] - window[2]))
+                tmp.write_bytes(pickle.dumps(empty, protocol=pickle.HIGHEST_PROTOCOL))
+    result.skipped = len(todo) - sum(keep)
+    result.timings["background"] = time.perf_counter() - step
+    return [w for w, tissue in zip(todo, keep) if tissue]
+
+
+def _thumbnail_piece(source: ImageSource, chunk: Tuple[int, int, int, int], scale: Optional[Tuple[float, float]],
+                     factor: int) -> np.ndarray:
+    """Worker task: one chunk of the low-resolution view (8-bit as the windows are)."""
+    pixels = source.read(*chunk)
+    return thumbnail_piece(to_uint8(pixels, Normalization("none")) if scale is None else _scale_to_uint8(pixels, *scale),
+                           factor)
 
 
 def _layout(chunks: Tuple[int, int], block: Optional[int], stride: int) -> Tuple[int, Tuple[int, int]]:

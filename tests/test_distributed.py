@@ -289,6 +289,44 @@ def test_ngff_labels_of_an_ome_zarr_point_at_it_without_writing_there(client, tm
     assert result.cells == len(truth) and levels[0][...].max() == len(truth)
 
 
+def test_tissue_is_found_on_a_low_resolution_view():
+    """A 40x48 view shrunk 4x from 160x192: a bright patch on a dark background ("dark":
+    fluorescence), and the same inverted ("bright": bright-field); a window is kept when
+    the mask grown by one view pixel reaches it."""
+    from ancis_fast.background import tissue_mask, windows_with_tissue
+
+    view = np.full((40, 48), 10, np.uint8)
+    view[5:9, 30:40] = 200
+    for background, shown in (("dark", view), ("bright", 255 - view)):
+        mask = tissue_mask(shown, background)
+        assert mask.sum() == 40 and mask[5:9, 30:40].all()
+    windows = [(0, 160, 0, 100),    # view columns 0-24: no tissue (it starts at 30)
+               (0, 160, 100, 192),  # 25-47: holds it
+               (40, 160, 0, 192),   # view rows 10-39: the tissue ends at row 8, grown to 9: not reached
+               (0, 160, 0, 116),    # image columns 0-115, view 0-28: the grown mask starts at 29
+               (0, 160, 0, 117)]    # image column 116 lies in view column 29: reached
+    assert windows_with_tissue(tissue_mask(view, "dark"), 4, windows) == [False, True, False, False, True]
+    with pytest.raises(ValueError, match="background"):
+        tissue_mask(view, "grey")
+
+
+def test_windows_without_tissue_are_not_segmented(client, tmp_path):
+    image = np.zeros((800, 1000), np.uint8)
+    image[:, :300] = disks_image(800, 300, seed=5)  # cells on the left only
+    image[:, 290:] = 0
+    path = write_zarr(tmp_path / "left.zarr", image, (256, 256))
+    result = segment_image(client, path, tmp_path / "out", BLOBS, overlap=48, tile=200, tile_overlap=40,
+                           background="dark")
+    windows = tile_windows(*image.shape, result.block + 48, 48)
+    empty = sum(not image[y0:y1, x0:x1].any() for y0, x0, y1, x1 in windows)
+    assert result.skipped == empty == 6 and result.blocks == 9
+    truth = components(image)
+    labels = zarr.open(str(result.labels), mode="r")[...]
+    assert result.cells == len(truth) and ((labels > 0) == (image > 0)).all()
+    with pytest.raises(ValueError, match="background"):
+        segment_image(client, path, tmp_path / "out", BLOBS, background="white")
+
+
 def corrupt_a_chunk(path):
     """Overwrite the stored chunk (1, 1) with junk; returns a function that restores it."""
     chunk = next(p for p in Path(path).rglob("*") if p.is_file() and p.parent.name == "1" and p.name == "1")
