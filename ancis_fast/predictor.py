@@ -29,12 +29,13 @@ from .pipeline.preprocess import Normalization, preprocess, to_uint8
 from .pipeline.reference import ReferencePipeline
 from .pipeline.stages import STAGES, StageTimer, untimed
 from .streaming import FrameStream
-from .tiling import TileCallback, predict_tiled
+from .tiling import TileCallback, predict_tiled_batches
 from .zoom import AUTO, auto_zoom, diameter_scale, scaled_size, zoomed_size
 
 __all__ = ["Predictor", "PredictorConfig", "STAGES"]
 
 AUTO_TILE_ABOVE = 2048  # px; larger images are tiled at native resolution
+GPU_TILE_BATCH = 8  # tiles per pipeline batch on a GPU (predict's default)
 ALREADY_8BIT = Normalization("none")  # tiles of an image converted to 8-bit as a whole
 ImageInput = Union[str, os.PathLike, np.ndarray]
 
@@ -135,7 +136,7 @@ class Predictor:
         return self.pipeline.priors
 
     def predict(self, image: ImageInput, tile: Optional[int] = None, overlap: int = 64,
-                progress: bool = False) -> Instances:
+                progress: bool = False, batch_size: Optional[int] = None) -> Instances:
         """Segment one image (path or array); see :class:`~ancis_fast.Instances`.
 
         The image is resized to the input size (spec §1), or enlarged further and segmented
@@ -146,8 +147,10 @@ class Predictor:
         tile`` pieces at native resolution (default: the input size) that overlap by
         ``overlap`` px (at least the largest cell) and are stitched so that every cell comes
         whole from one tile (see :mod:`ancis_fast.tiling`). ``progress`` shows a bar of the
-        tiles. Cells that would show fewer than ``config.min_size`` px in the label image
-        are dropped.
+        tiles. Tiles go through the pipeline ``batch_size`` at a time (default: 1 on a CPU,
+        where batching gains nothing, :data:`GPU_TILE_BATCH` on a GPU); the result does not
+        depend on it. Cells that would show fewer than ``config.min_size`` px in the label
+        image are dropped.
         """
         array = self._load(image)
         on_tile = _tile_bar() if progress else None
@@ -157,14 +160,15 @@ class Predictor:
                                  "the scaled image is segmented in input-size tiles)")
             scale = diameter_scale(self.config.diameter, self.config.prior_height or self.config.input_size[0],
                                    array.shape[:2], self.config.input_size)
-            found = self._segment_resized(array, scaled_size(array.shape[:2], scale), overlap, on_tile)
+            found = self._segment_resized(array, scaled_size(array.shape[:2], scale), overlap, on_tile, batch_size)
             found.meta["scale"] = scale
         elif tile is not None or max(array.shape[:2]) > self.auto_tile_above:
-            found = predict_tiled(to_uint8(array, self.config.normalization), self._predict_uint8,
-                                  tile or max(self.config.input_size), overlap, on_tile)
+            found = predict_tiled_batches(to_uint8(array, self.config.normalization), self._predict_uint8_tiles,
+                                          tile or max(self.config.input_size), overlap, on_tile,
+                                          self._tile_batch(batch_size))
         else:
             found = self._zoom(array, None if self._always_zooms() else self._predict_array(array), overlap,
-                               on_tile)
+                               on_tile, batch_size)
         return self._finish(found)
 
     def _finish(self, found: Instances) -> Instances:
@@ -178,7 +182,7 @@ class Predictor:
         return self.config.diameter is not None or self.config.zoom not in (AUTO, 1.0)
 
     def _zoom(self, array: np.ndarray, first: Optional[Instances], overlap: int,
-              on_tile: Optional[TileCallback] = None) -> Instances:
+              on_tile: Optional[TileCallback] = None, batch_size: Optional[int] = None) -> Instances:
         """The result ``config.zoom`` asks for, given ``first`` (``array`` segmented at zoom
         1; ``None`` for a fixed zoom above 1)."""
         zoom = self.config.zoom
@@ -187,24 +191,26 @@ class Predictor:
         if zoom == 1.0:
             first.meta["zoom"] = 1.0
             return first
-        found = self._segment_resized(array, zoomed_size(self.config.input_size, zoom), overlap, on_tile)
+        found = self._segment_resized(array, zoomed_size(self.config.input_size, zoom), overlap, on_tile, batch_size)
         found.meta["zoom"] = zoom
         return found
 
     def _segment_resized(self, array: np.ndarray, size: Tuple[int, int], overlap: int,
-                         on_tile: Optional[TileCallback]) -> Instances:
+                         on_tile: Optional[TileCallback], batch_size: Optional[int] = None) -> Instances:
         """``array`` converted to 8-bit as a whole, resized to ``size`` ``(H, W)``, segmented
         in input-size tiles and mapped back to its own size."""
         image = to_uint8(array, self.config.normalization)
         shrink = size[0] * size[1] < image.shape[0] * image.shape[1]
         resized = cv2.resize(image, (size[1], size[0]), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
-        found = predict_tiled(resized, self._predict_uint8, min(self.config.input_size), overlap, on_tile)
+        found = predict_tiled_batches(resized, self._predict_uint8_tiles, min(self.config.input_size), overlap, on_tile,
+                                      self._tile_batch(batch_size))
         return found[: self.config.max_detections].resized(image.shape[:2])  # the limit is per image, not per tile
 
     def predict_batch(self, images: Sequence[ImageInput], tile: Optional[int] = None, overlap: int = 64,
                       batch_size: int = 8, progress: bool = False) -> List[Instances]:
         """Segment several images; results in input order. Up to ``batch_size`` images
-        (those not tiled, zoomed or scaled) go through the pipeline together."""
+        (those not tiled, zoomed or scaled) go through the pipeline together, and the tiles of
+        each tiled one ``batch_size`` at a time."""
         if batch_size < 1:
             raise ValueError(f"batch_size={batch_size}; expected >= 1")
         results: List[Optional[Instances]] = [None] * len(images)
@@ -214,7 +220,7 @@ class Predictor:
             whole = []
             for offset, array in enumerate(arrays):
                 if tile is not None or max(array.shape[:2]) > self.auto_tile_above or self._always_zooms():
-                    results[start + offset] = self.predict(array, tile, overlap)
+                    results[start + offset] = self.predict(array, tile, overlap, batch_size=batch_size)
                 else:
                     whole.append(offset)
             if whole:
@@ -265,6 +271,18 @@ class Predictor:
 
     def _predict_array(self, array: np.ndarray) -> Instances:
         return self._infer(*self.stage_timer("preprocess", self._prepare, array))
+
+    def _tile_batch(self, batch_size: Optional[int]) -> int:
+        if batch_size is not None and batch_size < 1:
+            raise ValueError(f"batch_size={batch_size}; expected >= 1 (or None: 1 on a CPU, {GPU_TILE_BATCH} on a GPU)")
+        return batch_size or (GPU_TILE_BATCH if self.device.type == "cuda" else 1)
+
+    def _predict_uint8_tiles(self, tiles: List[np.ndarray]) -> List[Instances]:
+        """:meth:`_predict_uint8` of several tiles of one size, through the pipeline as one batch."""
+        if len(tiles) == 1:
+            return [self._predict_uint8(tiles[0])]
+        prepared = [self.stage_timer("preprocess", preprocess, t, self.config.input_size, ALREADY_8BIT) for t in tiles]
+        return self._run(torch.cat([p[0] for p in prepared]), [p[1] for p in prepared])
 
     def _predict_uint8(self, tile: np.ndarray) -> Instances:
         """Segment a tile of an image already converted to 8-bit as a whole (so that every
