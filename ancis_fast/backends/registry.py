@@ -86,10 +86,10 @@ def _compile_static(config: "PredictorConfig", device: torch.device) -> Optional
 
 def _tensorrt(detector: nn.Module, segmenter: nn.Module, config: "PredictorConfig", device: torch.device,
               calibration: Optional[List[Tensor]], **options: Any) -> Modules:
-    from .tensorrt import _require_cuda, import_torch_tensorrt, tensorrt_detector
+    from .tensorrt import require_cuda, import_torch_tensorrt, tensorrt_detector
 
     if config.mode == "fast":  # the whole static pipeline becomes the engine (_tensorrt_static)
-        _require_cuda(device)
+        require_cuda(device)
         import_torch_tensorrt()
         return _eager(detector, segmenter, config, device, calibration)
     fp32 = config.with_overrides(precision="fp32")  # the engine runs the detector at the precision itself
