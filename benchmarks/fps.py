@@ -8,7 +8,7 @@ the same images, times every stage (``perf_counter``, CUDA events/synchronisatio
 and compares the output with the reference path's on those images: detection match rate,
 mean mask IoU of matched cells and the AP@0.5 difference (against the synthetic truth).
 The reference runs in the same invocation; ``speedup`` is measured, never copied.
-See benchmarks/README.md for every column.
+See docs/performance.md for every column.
 """
 from __future__ import annotations
 

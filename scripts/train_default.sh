@@ -67,7 +67,7 @@ ft_det() {  # 2,001 steps of batch 32 in the H200's 3.8 min (bf16 autocast, 9 lo
       --init "$(init det/detector_best.pt default_detector.pt)" --seed 3 "${COMMON[@]}" "${TIMED[@]}"
 }
 
-ft_seg() {  # softer, annotator-like edges (--synth-blur/--synth-edge-floor): see README "The default model"
+ft_seg() {  # softer, annotator-like edges (--synth-blur/--synth-edge-floor): see docs/model.md, "Mask edges"
   "$PY" -m ancis_fast train-seg --detector "$(init det_ft/detector_best.pt default_detector.pt)" --gt-boxes \
       --max-boxes 8 --data synth:400 --val synth:16 --out "$WORK/seg_ft" --batch-size 4 --lr 3e-4 --warmup 20 \
       --time-limit "$FT_SEG_MINUTES" --init "$(init seg/segmenter_best.pt default_segmenter.pt)" --seed 6 \

@@ -1,7 +1,7 @@
 """The bundled default model really finds nuclei: a real DSB 2018 image and held-out
 synthetic images, scored against their ground truth through the public API.
 
-The floors sit a little below what README reports (measured on the same images), so a
+The floors sit a little below what docs/model.md reports (measured on the same images), so a
 change that breaks the model, its loading, the pre-processing or the reference path fails
 here while float-level noise does not.
 """
@@ -29,7 +29,7 @@ SYNTH_AP50_FLOOR = 0.82
 # twentieth of cells far off (measured 0.926 / 0.909 / 0.904: docs/performance.md)
 FAST_P5_FLOOR = 0.88
 # (DSB score, F1@0.5) floors on the validation split of ../shared/data/dsb2018, per image class
-# (README, "The default model": eager backend)
+# (docs/model.md: eager backend)
 VAL_FLOORS = {"all": (0.49, 0.80), "fluorescence": (0.58, 0.88), "tissue": (0.17, 0.58), "brightfield": (0.04, 0.18)}
 
 

@@ -257,7 +257,7 @@ def test_4096_image_agrees_with_single_process_tiling(tmp_path):
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     report = bench.compare(tmp_path, size=4096, chunk=1024, workers=(2,))
-    print(json.dumps(report, indent=1))  # the figures README quotes (pytest -rP shows them)
+    print(json.dumps(report, indent=1))  # the figures docs/large-images.md quotes (pytest -rP shows them)
     run = report["workers2"]
     assert run["count_diff"] <= 0.01
     # no cell twice: no two instances with mask IoU over 0.3 (tiling.DUPLICATE_IOU), in either run

@@ -123,9 +123,9 @@ BACKENDS = tuple(REGISTRY)
 AUTO = "auto"
 #: what ``Predictor(backend=...)`` and ``--backend`` accept: ``auto`` resolves to one of BACKENDS
 BACKEND_CHOICES = (AUTO,) + BACKENDS
-#: ``auto`` per device type. Measured (README, "Backends"): on a CPU ``eager`` is as fast as
-#: ``torchscript`` without its scripting time; on a GPU ``torchscript`` was the faster of the
-#: two. ``compile`` (minutes of compiling) and ``tensorrt`` (extra install) are never chosen.
+#: ``auto`` per device type. Measured (docs/performance.md, "Which backend `auto` picks"): on
+#: a CPU ``eager`` is as fast as ``torchscript`` without its scripting time; on a GPU
+#: ``torchscript`` was the faster of the two. ``compile`` (minutes of compiling) and ``tensorrt`` (extra install) are never chosen.
 AUTO_BACKENDS = {"cpu": "eager", "cuda": "torchscript"}
 
 
