@@ -14,6 +14,7 @@ import torch
 import ancis_fast.predictor as predictor_module
 from ancis_fast import Instances, Predictor, PredictorConfig
 from ancis_fast.backends import BACKEND_CHOICES, REGISTRY, build
+from ancis_fast.backends.precision import INT8, PRECISIONS
 from ancis_fast.cli import config_overrides, make_parser
 from ancis_fast.config import FIELDS, MODES, PRECISION_NAMES
 from ancis_fast.export import FORMATS, export_predictor
@@ -60,6 +61,7 @@ def test_cli_options_are_the_config_fields_with_its_defaults_and_choices():
                if a.choices}
     assert choices["backend"] == BACKEND_CHOICES and choices["mode"] == MODES
     assert choices["precision"] == PRECISION_NAMES and choices["normalize"] == NORMALIZE_MODES
+    assert PRECISION_NAMES == tuple(PRECISIONS) + (INT8,)  # every name has its dtype
 
 
 # ------------------------------------------------------------------ one backend registry

@@ -86,7 +86,7 @@ def _compile_static(config: "PredictorConfig", device: torch.device) -> Optional
 
 def _tensorrt(detector: nn.Module, segmenter: nn.Module, config: "PredictorConfig", device: torch.device,
               calibration: Optional[List[Tensor]], **options: Any) -> Modules:
-    from .tensorrt import require_cuda, import_torch_tensorrt, tensorrt_detector
+    from .tensorrt import import_torch_tensorrt, require_cuda, tensorrt_detector
 
     if config.mode == "fast":  # the whole static pipeline becomes the engine (_tensorrt_static)
         require_cuda(device)
@@ -125,7 +125,8 @@ AUTO = "auto"
 BACKEND_CHOICES = (AUTO,) + BACKENDS
 #: ``auto`` per device type. Measured (docs/performance.md, "Which backend `auto` picks"): on
 #: a CPU ``eager`` is as fast as ``torchscript`` without its scripting time; on a GPU
-#: ``torchscript`` was the faster of the two. ``compile`` (minutes of compiling) and ``tensorrt`` (extra install) are never chosen.
+#: ``torchscript`` was the faster of the two. ``compile`` (minutes of compiling) and
+#: ``tensorrt`` (extra install) are never chosen.
 AUTO_BACKENDS = {"cpu": "eager", "cuda": "torchscript"}
 
 

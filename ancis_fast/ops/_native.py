@@ -99,4 +99,3 @@ def use_native(op: str, *tensors: Tensor) -> bool:
         if t.device.type not in ("cpu", "cuda", "meta"):
             return False
     return True
-

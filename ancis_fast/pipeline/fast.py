@@ -12,8 +12,8 @@ Differences from :mod:`ancis_fast.pipeline.reference` (same models, same maths):
   then ``head``) on many boxes at once:
 
   * ``mode="fast"`` (static): each box is decoded at a fixed crop shape, per axis the one
-    of a few sizes (:data:`ancis_fast.config.CROP_SIZES`, level 0, halved per level, :func:`level_shape`)
-    nearest its own level-0 length; per shape, a fixed *budget* of boxes is picked on the
+    of a few sizes (:data:`ancis_fast.config.CROP_SIZES`, level 0, halved per level,
+    :func:`level_shape`) nearest its own level-0 length; per shape, a fixed *budget* of boxes is picked on the
     device (a stable sort, no host read) and every decoder step runs once for all of them; a box with fewer
     levels starts its decoding where the reference does (``torch.where`` keeps its own crop
     until then). No host synchronisation and no data-dependent shape: TorchScript,
