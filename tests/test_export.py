@@ -8,9 +8,9 @@ import torch
 from ancis_fast import Predictor
 from ancis_fast.backends import tensorrt as trt
 from ancis_fast.cli import main
-from ancis_fast.export import OUTPUTS, ExportUnavailable, export_core, export_predictor, load_exported, static_budgets
+from ancis_fast.export import OUTPUTS, ExportUnavailable, export_core, export_predictor, load_exported
 from ancis_fast.ops import native_available
-from ancis_fast.pipeline.fast import export_program
+from ancis_fast.pipeline.fast import export_program, static_budgets
 from ancis_fast.pipeline.preprocess import preprocess
 from ancis_fast.predictor import PredictorConfig
 from conftest import blob_image, random_models

@@ -231,7 +231,7 @@ def test_core_buffers_live_with_the_priors():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_whole_static_pipeline_replays_as_a_cuda_graph(soft_models):
     from ancis_fast.backends.cudagraph import CudaGraphPipeline
-    from ancis_fast.export import static_budgets
+    from ancis_fast.pipeline.fast import static_budgets
 
     core = FastPipeline(*soft_models, SIZE, max_det=64).cuda().core()
     x = torch.cat([torch.rand(2, 3, *SIZE, generator=torch.Generator().manual_seed(s)) for s in (0, 1)]).cuda()
@@ -250,7 +250,7 @@ def test_whole_static_pipeline_replays_as_a_cuda_graph(soft_models):
 def test_outputs_of_a_wider_static_graph_paste_like_the_planned_path(soft_models):
     """An exported / CUDA-graph pipeline's outputs (fixed budgets, more rows than the batch
     needs) pasted through the batch plan give the same cells as the planned path."""
-    from ancis_fast.export import static_budgets
+    from ancis_fast.pipeline.fast import static_budgets
     from ancis_fast.pipeline.preprocess import preprocess
 
     pipeline = FastPipeline(*soft_models, SIZE, max_det=256, crop_sizes=(16, 32))

@@ -165,7 +165,8 @@ def test_export_tensorrt_compiles_the_whole_static_pipeline(fake_trt, models, tm
     """--format tensorrt: the static pipeline as one exported program, compiled by
     torch_tensorrt.dynamo.compile with the native operators left to PyTorch; the file's
     outputs are the AOTInductor export's (with the fake, the exported graph itself)."""
-    from ancis_fast.export import OUTPUTS, static_budgets, static_core
+    from ancis_fast.export import OUTPUTS, static_core
+    from ancis_fast.pipeline.fast import static_budgets
 
     config = PredictorConfig(input_size=SIZE, max_detections=64)
     predictor = Predictor.from_models(*models, backend="eager", config=config)
