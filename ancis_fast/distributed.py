@@ -654,10 +654,10 @@ def segment_files(client, paths: Sequence[PathLike], out: PathLike,
                   progress: bool = False) -> List[FileResult]:
     """Segment many image files on the cluster of ``client``, one task per file, writing
     what ``ancis-fast predict`` writes (see :func:`segment_file`). ``stems``: output names
-    (default: :func:`ancis_fast.cli.output_stems`). Returns one :class:`FileResult` per path,
+    (default: :func:`ancis_fast.io.writers.output_stems`). Returns one :class:`FileResult` per path,
     in order; a task that failed outside the file's own errors (e.g. its worker died too
     often) has ``error`` set too."""
-    from .cli import output_stems
+    from .io.writers import output_stems
 
     spec = predictor if isinstance(predictor, PredictorSpec) else PredictorSpec.of(predictor)
     paths = [Path(p).resolve() for p in paths]
@@ -729,13 +729,13 @@ def predict_command(args, predictor_options: Dict[str, Any]) -> int:
     blocks, other inputs one file per task; prints the dashboard link, progress and a summary."""
     import sys
 
-    from .cli import _expand_datasets
+    from .data.layouts import expand_datasets
     from .io.readers import find_images
 
     started = time.perf_counter()
     huge, other = split_inputs(args.inputs)
     try:
-        paths = find_images(_expand_datasets(other), recursive=args.recursive) if other else []
+        paths = find_images(expand_datasets(other), recursive=args.recursive) if other else []
         for item in huge:
             open_image(item)
     except (FileNotFoundError, ValueError) as exc:

@@ -299,17 +299,6 @@ class Predictor:
         with self._lock:
             return self.pipeline.run(batch.to(self.device, non_blocking=True), original_sizes, self.stage_timer)
 
-    def export(self, path: Union[str, os.PathLike], format: str = "torchscript", **options) -> "os.PathLike":
-        """Write this predictor's whole fast pipeline (its models and settings; independent of
-        ``backend``) to ``path`` as ``format``, one of :data:`ancis_fast.export.FORMATS`
-        (``"torchscript"``, ``"aoti"``, ``"tensorrt"``; each one's suffix and ``options``, e.g.
-        ``box_budget=``, ``batch_size=``, ``examples=``, are listed there); written atomically.
-        Inputs are ``[B,3,H,W]`` network inputs; see :mod:`ancis_fast.export` for the outputs
-        and :func:`ancis_fast.export.load_exported`."""
-        from .export import export_predictor
-
-        return export_predictor(self, path, format, **options)
-
 
 def _check_calibration(config: PredictorConfig,
                        images: Optional[Sequence[ImageInput]]) -> Optional[List[ImageInput]]:

@@ -31,9 +31,14 @@ print(sys.version.split()[0], torch.__version__, ("native" if ops.native_availab
     echo " $loads"
 }
 
+activate_hint() {  # every later command (ancis-fast, python benchmarks/...) runs inside the environment
+    echo "next: source $VENV/bin/activate   (then ancis-fast and python use it; or call $VENV/bin/ancis-fast)"
+}
+
 # the stamp is the state the last finished install left; the same state now: nothing to redo
 if [ -z "${FORCE:-}" ] && [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$(state)" ]; then
     echo "ancis_fast already installed in $VENV (nothing changed; FORCE=1 reinstalls)"
+    activate_hint
     exit 0
 fi
 rm -f "$STAMP"
@@ -43,3 +48,4 @@ PIP=("$PY" -m pip install -q --disable-pip-version-check)
 MAX_JOBS=${MAX_JOBS:-2} "${PIP[@]}" --no-build-isolation -e ".[test,io,bench,dask]"
 state > "$STAMP"
 echo "ancis_fast installed in $VENV"
+activate_hint

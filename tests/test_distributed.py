@@ -434,7 +434,7 @@ def test_a_bad_file_is_reported_and_the_rest_finish(client, tmp_path, capsys):
 
 @pytest.mark.slow
 def test_4096_image_agrees_with_single_process_tiling(tmp_path):
-    """benchmarks/distributed_scaling.py's comparison (issue 18): a 16-bit synthetic 4096²
+    """benchmarks/distributed_scaling.py's comparison: a 16-bit synthetic 4096²
     image in 1024 px zarr chunks, on 2 workers and in one process with predict(tile=512):
     cell counts within 1 %, no two instances with mask IoU over 0.3, and the true cells that
     a block window's edge crosses found as often as one process finds them."""
@@ -445,7 +445,7 @@ def test_4096_image_agrees_with_single_process_tiling(tmp_path):
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     report = bench.compare(tmp_path, size=4096, chunk=1024, workers=(2,))
-    print(json.dumps(report, indent=1))  # the figures README quotes (pytest -rP shows them)
+    print(json.dumps(report, indent=1))  # the figures docs/large-images.md quotes (pytest -rP shows them)
     run = report["workers2"]
     assert run["count_diff"] <= 0.01
     # no cell twice: no two instances with mask IoU over 0.3 (tiling.DUPLICATE_IOU), in either run

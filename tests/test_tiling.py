@@ -202,7 +202,7 @@ def test_a_cell_wider_than_the_overlap_is_joined_from_its_parts():
 
 
 def test_seams_at_other_places_give_the_same_cells():
-    """Issue 19's shift test with a segmenter whose answer does not depend on where the tile
+    """The shift test with a segmenter whose answer does not depend on where the tile
     lies (connected components): the same image, shifted by 160 px so the seams fall
     elsewhere, gives exactly the same cells, including cells wider than the overlap
     (the previous stitching, by box centre, cut those: mean IoU 0.948, 7 % of cells below 0.8)."""
@@ -230,13 +230,13 @@ def bundled():
     return Predictor(backend="eager", zoom=1)
 
 
-#: the five 603x1272 fluorescence images of ../shared/data/dsb2018 (its largest fluorescence
+#: the five 603x1272 fluorescence images of the DSB 2018 stage-1 training set (its largest fluorescence
 #: ones; the 1024² images are all bright-field), by the start of their ids
 WIDE_FLUORESCENCE = ("20b20ab04937", "538b7673d507", "a102535b0e88", "cb4df20a83b2", "f4c4db3df4ff")
 
 
 def shifted_agreement(predictor, image: np.ndarray, tile: int, shift: int) -> np.ndarray:
-    """Issue 19's shift test: ``image`` segmented in ``tile`` px tiles, and again padded by
+    """The shift test: ``image`` segmented in ``tile`` px tiles, and again padded by
     ``shift`` px (its median) at the top and left so the seams fall elsewhere; each run's
     cells' best mask IoU with the other run's (label images, overlaps resolved)."""
     moved = np.pad(image, ((shift, 0), (shift, 0)) + ((0, 0),) * (image.ndim - 2), constant_values=np.median(image))
@@ -249,10 +249,10 @@ def shifted_agreement(predictor, image: np.ndarray, tile: int, shift: int) -> np
 @pytest.mark.slow
 @needs_dsb2018
 def test_seams_do_not_change_the_cells_of_real_images(bundled):
-    """Issue 19's shift test with the bundled model on real fluorescence images (no mosaic
+    """The shift test with the bundled model on real fluorescence images (no mosaic
     joins): each in 512 px tiles, and moved 256 px (a multiple of every stride of the
     network). Measured over the five images' 2804 cells: mean best-match IoU 0.812, 25.2 %
-    below 0.8 (per image 0.73-0.88, 13-38 %), where the issue asks 0.95 and 1 %. The seams are
+    below 0.8 (per image 0.73-0.88, 13-38 %), far from 0.95 and 1 %. The seams are
     not the cause: a cell disagrees about as often far from every tile edge as near one
     (24.2 % of those whose best view lies >= 64 px from its tile's inner edges, 27.1 % of the
     others), none of the disagreeing cells was within 15 px of the edge of the tile it came
