@@ -139,10 +139,10 @@ def test_export_formats_drive_the_cli_and_the_checks(models, tmp_path):
 #: never from above (keyed by the first part of the module name below ``ancis_fast``)
 LAYERS = (
     ("ops", "models", "masks", "instances", "boxes"),
-    ("config", "zoom", "pipeline", "tiling", "io", "data", "streaming"),
+    ("config", "zoom", "pipeline", "tiling", "io", "data", "streaming", "background"),
     ("backends",),
     ("predictor",),
-    ("cli", "export", "export_cli", "distributed", "evaluate", "train", "__main__"),
+    ("cli", "export", "export_cli", "distributed", "distributed_stitch", "evaluate", "train", "__main__"),
 )
 LAYER_OF = {name: level for level, names in enumerate(LAYERS) for name in names}
 
