@@ -48,7 +48,7 @@ from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Seque
 import numpy as np
 
 from .instances import Instances
-from .io.ngff import create_label_image, downsample_chunk, is_ome_zarr, level_chunks, ngff_path, source_pixel_size
+from .io.ngff import create_label_image, downsample_chunk, level_chunks, ngff_path, source_levels, source_pixel_size
 from .io.readers import iter_frames
 from .io.writers import DEFAULT_SAVE, atomic_path, output_paths, write_instances, write_text
 from .pipeline.preprocess import Normalization, _scale_to_uint8, to_bgr8, to_uint8, validate_image
@@ -573,14 +573,11 @@ def _create_ngff(root: Path, size: Tuple[int, int], chunks: Tuple[int, int], dty
                  source: ImageSource) -> List[str]:
     """The empty NGFF label pyramid of ``source``'s labels: as many levels as an OME-Zarr
     input has (pointing at it, with its pixel size), else halved down to one chunk."""
-    if is_ome_zarr(source.path, source.component):
-        import zarr
-
-        attrs = dict(zarr.open_group(source.path, mode="r").attrs)
-        multiscales = attrs.get("multiscales") or attrs.get("ome", {}).get("multiscales")
-        return create_label_image(root, size, chunks, dtype, len(multiscales[0]["datasets"]),
-                                  source_pixel_size(source.path, source.component), Path(source.path))
-    return create_label_image(root, size, chunks, dtype)
+    levels = source_levels(source.path)
+    if levels is None:
+        return create_label_image(root, size, chunks, dtype)
+    return create_label_image(root, size, chunks, dtype, levels, source_pixel_size(source.path, source.component),
+                              Path(source.path))
 
 
 def _normalization(spec: PredictorSpec) -> Normalization:

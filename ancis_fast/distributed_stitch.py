@@ -31,7 +31,6 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from .instances import CSV_COLUMNS, Instances
-from .io.ngff import write_chunk
 from .io.writers import atomic_path
 from .masks import PatchMasks, pack_patches, unpack_patches
 from .tiling import BoxIndex, Candidate, Window, WindowGrid, as_instances, best_views, window_candidates
@@ -191,7 +190,8 @@ def paint_chunk(arrays: Sequence[str], chunk: Chunk, cell_files: Sequence[str]) 
         bottom, right = min(py + patch.shape[0], y1), min(px + patch.shape[1], x1)
         piece = patch[top - py : bottom - py, left - px : right - px]
         canvas[top - y0 : bottom - y0, left - x0 : right - x0][piece] = -negative_id
-    write_chunk(arrays, chunk, canvas)
+    for path in arrays:
+        zarr.open_array(path, mode="r+")[y0:y1, x0:x1] = canvas
 
 
 def chunk_cells(chunk: Chunk, extents: Sequence[Optional[Tuple[int, int, int, int]]], work: Path) -> List[str]:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Tuple, Union
 
 import numpy as np
 
@@ -88,31 +88,36 @@ def downsample_chunk(finer: str, coarser: str, chunk: Chunk) -> None:
     zarr.open_array(coarser, mode="r+")[y0:y1, x0:x1] = source[2 * y0 : 2 * y1 : 2, 2 * x0 : 2 * x1 : 2]
 
 
+def _multiscales(path: Union[str, os.PathLike]) -> Optional[dict]:
+    """The first ``multiscales`` entry of the OME-Zarr group at ``path`` (NGFF 0.4 or 0.5), or
+    ``None`` when ``path`` is not one (a plain array, a TIFF)."""
+    import zarr
+
+    if not Path(path).is_dir():
+        return None
+    node = zarr.open(str(path), mode="r")
+    if hasattr(node, "shape"):
+        return None
+    attrs = dict(node.attrs)
+    multiscales = attrs.get("multiscales") or attrs.get("ome", {}).get("multiscales")
+    return multiscales[0] if multiscales else None
+
+
+def source_levels(path: Union[str, os.PathLike]) -> Optional[int]:
+    """How many levels the OME-Zarr image at ``path`` has; ``None`` when it is not one."""
+    multiscales = _multiscales(path)
+    return (len(multiscales.get("datasets", [])) or None) if multiscales else None
+
+
 def source_pixel_size(path: Union[str, os.PathLike], component: str) -> Tuple[float, float]:
     """``(y, x)`` pixel size of an OME-Zarr image's dataset ``component`` (1, 1 when it
     gives none)."""
-    import zarr
-
-    attrs = dict(zarr.open_group(str(path), mode="r").attrs)
-    multiscales = attrs.get("multiscales") or attrs.get("ome", {}).get("multiscales") or [{}]
-    axes = [a["name"] if isinstance(a, dict) else a for a in multiscales[0].get("axes", [])]
-    for dataset in multiscales[0].get("datasets", []):
+    multiscales = _multiscales(path) or {}
+    axes = [a["name"] if isinstance(a, dict) else a for a in multiscales.get("axes", [])]
+    for dataset in multiscales.get("datasets", []):
         if dataset.get("path") == component:
             for transform in dataset.get("coordinateTransformations", []):
                 if transform.get("type") == "scale" and "y" in axes and "x" in axes:
                     return float(transform["scale"][axes.index("y")]), float(transform["scale"][axes.index("x")])
     return 1.0, 1.0
 
-
-def is_ome_zarr(path: Union[str, os.PathLike], component: str) -> bool:
-    """A zarr group image (``component`` set: its multiscale dataset) rather than a plain array or TIFF."""
-    return bool(component) and Path(path).is_dir()
-
-
-def write_chunk(paths: Sequence[str], chunk: Chunk, canvas: np.ndarray) -> None:
-    """The same labels into ``chunk`` of every array of ``paths``."""
-    import zarr
-
-    y0, y1, x0, x1 = chunk
-    for path in paths:
-        zarr.open_array(path, mode="r+")[y0:y1, x0:x1] = canvas
