@@ -271,7 +271,8 @@ def window_candidates(found: Instances, index: int, window: Window, image_size: 
     out = []
     for i in range(len(found)):
         (py, px), patch = found.mask_patches.origins[i], found.mask_patches.patches[i]
-        patch, (ty, tx) = tight_patch(patch[: max(0, h - py), : max(0, w - px)])
+        inside = patch[: max(0, h - py), : max(0, w - px)]
+        patch, (ty, tx) = (patch, (0, 0)) if inside.shape == patch.shape and _is_tight(patch) else tight_patch(inside)
         if not patch.size:
             continue
         origin = (int(py + ty + y0), int(px + tx + x0))
@@ -283,6 +284,11 @@ def window_candidates(found: Instances, index: int, window: Window, image_size: 
     for rank, cand in enumerate(kept):
         cand.rank = rank
     return kept
+
+
+def _is_tight(patch: np.ndarray) -> bool:
+    """A non-empty patch with a set pixel on each of its four borders (nothing to crop)."""
+    return bool(patch.size and patch[0].any() and patch[-1].any() and patch[:, 0].any() and patch[:, -1].any())
 
 
 def _without_tile_duplicates(candidates: List[Candidate], work: Optional[StitchWork]) -> List[Candidate]:
