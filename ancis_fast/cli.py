@@ -201,6 +201,10 @@ def _predict(args: argparse.Namespace) -> int:
         return 2
     if args.scheduler or args.workers:
         return _predict_distributed(args)
+    if args.background:
+        print("error: --background skips the empty blocks of slides segmented on a Dask cluster; add --workers N "
+              "or --scheduler ADDRESS, or leave it out", file=sys.stderr)
+        return 2
     missing: List[str] = []
     try:
         paths = find_images(expand_datasets(args.inputs), recursive=args.recursive, missing=missing)
@@ -320,6 +324,9 @@ def _register_predict(subparsers) -> None:
                               "spread over its workers, zarr/OME-Zarr images and TIFFs over 8192 px in blocks")
     cluster.add_argument("--workers", type=int, metavar="N",
                          help="the same on a local Dask cluster of N worker processes")
+    parser.add_argument("--background", choices=["dark", "bright"], default=None,
+                        help="with --scheduler/--workers: segment only the blocks of a slide where Otsu's threshold "
+                             "on a low-resolution view finds tissue (dark: fluorescence, bright: bright-field)")
     add_model_arguments(parser)
     parser.set_defaults(func=_predict)
 

@@ -747,10 +747,11 @@ def predict_command(args, predictor_options: Dict[str, Any]) -> int:
         for item in huge:
             done = segment_image(client, item, args.out, spec, overlap=args.overlap,
                                  tile=args.tile or max(predictor_options.get("input_size", (512, 512))),
-                                 resume=args.resume, progress=not args.quiet)
+                                 resume=args.resume, progress=not args.quiet, background=args.background)
             failures += [f"{n}: {e}" for n, e in done.failed]
             print(f"{item}: " + (f"{done.blocks} block(s) failed" if done.failed else "already done" if done.already_done
-                                 else f"{done.cells} cell(s) in {done.blocks} block(s) ({done.reused} reused), "
+                                 else f"{done.cells} cell(s) in {done.blocks} block(s) ({done.reused} reused"
+                                      f"{f', {done.skipped} without tissue' if done.skipped else ''}), "
                                       f"{done.seconds:.1f} s -> {done.labels}, {done.table}, {done.ngff}"),
                   file=sys.stderr)
         results = segment_files(client, paths, args.out, spec, save=args.save, label_format=args.label_format,

@@ -467,3 +467,15 @@ def test_cli_segments_a_zarr_image_in_blocks(client, folder, tmp_path, capsys):
     assert [int(r["id"]) for r in rows] == list(range(1, len(rows) + 1))
     assert len(ids) > 1 and ids.max() <= len(rows)  # ids of the table (cells hidden under better ones aside)
     assert main(command) == 0 and "already done" in capsys.readouterr().err
+
+
+def test_cli_skips_blocks_without_tissue(client, folder, tmp_path, capsys):
+    _, options, _ = folder
+    image = np.zeros((300, 600, 3), np.uint8)
+    image[:, :200] = blob_image(300, 200, cells=10, seed=6)  # blocks start at x = 0, 224 and 344
+    write_zarr(tmp_path / "left.zarr", image[:, :, ::-1].copy(), (256, 256, 3))
+    command = ["predict", str(tmp_path / "left.zarr"), "--out", str(tmp_path / "out"), "--tile", "256", "--overlap",
+               "32", "--background", "dark"] + options
+    assert main(command + ["--scheduler", client.scheduler.address]) == 0
+    assert "6 block(s) (0 reused, 4 without tissue)" in capsys.readouterr().err
+    assert main(command) == 2 and "--background" in capsys.readouterr().err
