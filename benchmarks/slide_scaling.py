@@ -13,6 +13,10 @@ labels and table; all on the workers) and in all, the client's peak resident mem
 it ran (psutil, sampled every 50 ms), and whether every disk is one label, whole, with
 nothing else labelled and one table row per cell. Written to ``<out>/slide_scaling.json``
 and ``.csv``.
+
+``--model-side N`` adds the bundled model (eager, zoom 1) on an ``N``² synthetic 16-bit
+slide (``ancis_fast.data.synthetic``, nuclei 14-22 px, one per 1,100 px²): cells found
+against the true count, seconds per stage, client memory.
 """
 from __future__ import annotations
 
@@ -147,7 +151,7 @@ def run_slide(client, out: Path, side: int, chunk: int, verify: bool) -> Dict[st
     if result.failed:
         raise RuntimeError(f"{side}²: {result.failed}")
     row: Dict[str, object] = {
-        "side": side, "disks": len(disks["r"]), "cells": result.cells, "windows": result.blocks,
+        "side": side, "segmenter": "painted-disk components", "disks": len(disks["r"]), "cells": result.cells, "windows": result.blocks,
         "block": result.block, "seconds": round(result.seconds, 2),
         **{f"{stage}_s": round(seconds, 2) for stage, seconds in result.timings.items()},
         "client_peak_rss_mb": round(memory.peak / 2**20, 1), "client_rss_before_mb": round(memory.before / 2**20, 1),
@@ -157,20 +161,49 @@ def run_slide(client, out: Path, side: int, chunk: int, verify: bool) -> Dict[st
     return row
 
 
+def run_model(client, out: Path, side: int, chunk: int) -> Dict[str, object]:
+    """The bundled model on a synthetic slide (see the module docstring)."""
+    import zarr
+
+    from ancis_fast.data.synthetic import SynthConfig, generate
+
+    sample = generate(7, SynthConfig(size=side, diameter=(14, 22), count=(side * side // 1100,) * 2, p_16bit=1.0,
+                                     p_colour=0.0, p_brightfield=0.0))
+    path = out / f"synthetic{side}.zarr"
+    array = zarr.open_array(str(path), mode="w", shape=sample.image.shape, chunks=(chunk, chunk),
+                            dtype=sample.image.dtype)
+    array[...] = sample.image
+    true_cells = int(sample.labels.max())
+    del sample, array
+    with PeakMemory() as memory:
+        result = segment_image(client, path, out / "results", PredictorSpec.of(dict(backend="eager", zoom=1.0)))
+    if result.failed:
+        raise RuntimeError(f"model {side}²: {result.failed}")
+    return {"side": side, "segmenter": "bundled model", "true_cells": true_cells, "cells": result.cells,
+            "windows": result.blocks, "block": result.block, "seconds": round(result.seconds, 2),
+            **{f"{stage}_s": round(seconds, 2) for stage, seconds in result.timings.items()},
+            "client_peak_rss_mb": round(memory.peak / 2**20, 1), "client_rss_before_mb": round(memory.before / 2**20, 1)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", default="4096,8192,16384", help="comma list of slide sides, px")
+    parser.add_argument("--sizes", default="4096,8192,16384", help="comma list of slide sides, px ('' for none)")
     parser.add_argument("--workers", type=int, default=2, help="LocalCluster worker processes (one thread each)")
     parser.add_argument("--chunk", type=int, default=2048, help="zarr chunk side, px (windows follow it)")
     parser.add_argument("--no-check", action="store_true", help="skip checking the labels against the disks")
+    parser.add_argument("--model-side", type=int, default=0, metavar="N",
+                        help="also run the bundled model on an N x N synthetic slide (0: not)")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     client = client_for(workers=args.workers)
     rows = []
     try:
-        for side in (int(s) for s in args.sizes.split(",")):
+        for side in (int(s) for s in args.sizes.split(",") if s):
             rows.append(run_slide(client, args.out, side, args.chunk, not args.no_check))
+            print(json.dumps(rows[-1]), flush=True)
+        if args.model_side:
+            rows.append(run_model(client, args.out, args.model_side, args.chunk))
             print(json.dumps(rows[-1]), flush=True)
     finally:
         close_client(client)
