@@ -503,70 +503,93 @@ def _write_image_outputs(client, result: ImageResult, saved: Dict[Tuple[int, int
     work = found[0].parent / "stitch"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
+    stitched = _stitch_on_workers(client, result, found, windows, size, work)
+    if stitched is None:
+        return
+    total, reach = stitched
+    result.timings["stitch"], step = time.perf_counter() - step, time.perf_counter()
+    if not _write_labels_on_workers(client, result, size, label_chunks, total, reach, work, labels_path, ngff_root,
+                                    source, lambda: write_table(table_path, work, len(windows))):
+        return
+    result.instances = load_cells(work, len(windows), size) if keep_instances else None
+    shutil.rmtree(work.parent, ignore_errors=True)
+    result.timings["write"] = time.perf_counter() - step
+    result.labels, result.table, result.ngff, result.cells = labels_path, table_path, ngff_root, total
+
+
+def _run_tasks(client, result: ImageResult, task: Callable[..., Any], *columns: Sequence[Any], names: Sequence[str],
+               what: str) -> Optional[list]:
+    """``client.map(task, *columns)``, waited for; ``None`` (and ``result.failed`` set) when
+    some task failed."""
+    futures = client.map(task, *columns, pure=False)
+    result.failed = _wait(client, futures, [f"{name} ({what})" for name in names], False)
+    return None if result.failed else futures
+
+
+def _stitch_on_workers(client, result: ImageResult, found: List[Path], windows: List[Tuple[int, int, int, int]],
+                       size: Tuple[int, int], work: Path) -> Optional[Tuple[int, list]]:
+    """Sort out each window, decide the seams group by group, number each window's cells
+    (see :mod:`ancis_fast.distributed_stitch`); ``(cells, each window's cells' extent)``,
+    or ``None`` when a task failed."""
     count = len(windows)
     names = [f"{result.name} {_window_name((w[0], w[2], w[1], w[3]))}" for w in windows]
-
-    def run(task, *columns, what: str, labels: Sequence[str]) -> Optional[list]:
-        futures = client.map(task, *columns, pure=False)
-        result.failed = _wait(client, futures, [f"{label} ({what})" for label in labels], False)
-        return None if result.failed else futures
-
-    sorted_out = run(sort_out_window, found, range(count), [windows] * count, [size] * count, [work] * count,
-                     what="seams", labels=names)
+    sorted_out = _run_tasks(client, result, sort_out_window, found, range(count), [windows] * count, [size] * count,
+                            [work] * count, names=names, what="seams")
     if sorted_out is None:
-        return
+        return None
     settled, extents = zip(*client.gather(sorted_out))
     groups = seam_groups(extents)
-    resolved = run(resolve_group, groups, range(len(groups)), [work] * len(groups), what="seams",
-                   labels=[f"{result.name} seam group {g}" for g in range(len(groups))])
+    resolved = _run_tasks(client, result, resolve_group, groups, range(len(groups)), [work] * len(groups),
+                          names=[f"{result.name} seam group {g}" for g in range(len(groups))], what="seams")
     if resolved is None:
-        return
+        return None
     won: List[List[Tuple[str, int]]] = [[] for _ in windows]
     for kept in client.gather(resolved):
         for k, part in kept.items():
             won[k].append(part)
     cells = np.array(settled, np.int64) + np.array([sum(n for _, n in parts) for parts in won], np.int64)
     firsts = (1 + np.concatenate([[0], np.cumsum(cells)[:-1]])).tolist()
-    numbered = run(number_window, range(count), firsts, [[p for p, _ in parts] for parts in won], [size] * count,
-                   [work] * count, what="ids", labels=names)
-    if numbered is None:
-        return
-    reach = client.gather(numbered)
-    result.timings["stitch"], step = time.perf_counter() - step, time.perf_counter()
-    total = int(cells.sum())
+    numbered = _run_tasks(client, result, number_window, range(count), firsts, [[p for p, _ in parts] for parts in won],
+                          [size] * count, [work] * count, names=names, what="ids")
+    return None if numbered is None else (int(cells.sum()), client.gather(numbered))
+
+
+def _write_labels_on_workers(client, result: ImageResult, size: Tuple[int, int], label_chunks: Tuple[int, int],
+                             total: int, reach: list, work: Path, labels_path: Path, ngff_root: Optional[Path],
+                             source: ImageSource, write_table: Callable[[], None]) -> bool:
+    """Paint the plain labels and the NGFF pyramid chunk by chunk on the workers (beside
+    their final paths), then ``write_table()`` and rename them into place; ``False`` when
+    a task failed (nothing is left)."""
+    import zarr
+
     dtype = np.uint16 if total <= np.iinfo(np.uint16).max else np.uint32
     labels_tmp = Path(tempfile.mkdtemp(prefix=f".{labels_path.name}.", dir=labels_path.parent))
     ngff_tmp = Path(tempfile.mkdtemp(prefix=f".{ngff_root.name}.", dir=ngff_root.parent)) if ngff_root else None
     try:
-        import zarr
-
         zarr.open_array(str(labels_tmp), mode="w", shape=size, chunks=label_chunks, dtype=dtype)
-        levels = [str(labels_tmp)]
-        if ngff_tmp is not None:
-            levels += _create_ngff(ngff_tmp, size, label_chunks, dtype, source)
+        levels = [str(labels_tmp)] + (_create_ngff(ngff_tmp, size, label_chunks, dtype, source) if ngff_tmp else [])
         chunks = _chunk_windows(size[0], size[1], label_chunks)
-        if run(paint_chunk, [levels[:2]] * len(chunks), chunks, [chunk_cells(c, reach, work) for c in chunks],
-               what="labels", labels=[f"{result.name} labels of {_window_name(c)}" for c in chunks]) is None:
-            return
+        if _run_tasks(client, result, paint_chunk, [levels[:2]] * len(chunks), chunks,
+                      [chunk_cells(c, reach, work) for c in chunks],
+                      names=[f"{result.name} labels of {_window_name(c)}" for c in chunks], what="labels") is None:
+            return False
         for finer, coarser in zip(levels[1:], levels[2:]):
             parts = level_chunks(coarser)
-            if run(downsample_chunk, [finer] * len(parts), [coarser] * len(parts), parts, what="pyramid",
-                   labels=[f"{result.name} {Path(coarser).name} {_window_name(c)}" for c in parts]) is None:
-                return
-        write_table(table_path, work, count)
+            if _run_tasks(client, result, downsample_chunk, [finer] * len(parts), [coarser] * len(parts), parts,
+                          names=[f"{result.name} {Path(coarser).name} {_window_name(c)}" for c in parts],
+                          what="pyramid") is None:
+                return False
+        write_table()
         for tmp, final in ((labels_tmp, labels_path), (ngff_tmp, ngff_root)):
             if tmp is not None:
                 if final.exists():
                     shutil.rmtree(final)
                 os.replace(tmp, final)
+        return True
     finally:
         for tmp in (labels_tmp, ngff_tmp):
             if tmp is not None:
                 shutil.rmtree(tmp, ignore_errors=True)
-    result.instances = load_cells(work, count, size) if keep_instances else None
-    shutil.rmtree(work.parent, ignore_errors=True)
-    result.timings["write"] = time.perf_counter() - step
-    result.labels, result.table, result.ngff, result.cells = labels_path, table_path, ngff_root, total
 
 
 def _create_ngff(root: Path, size: Tuple[int, int], chunks: Tuple[int, int], dtype: type,
