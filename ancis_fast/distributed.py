@@ -353,7 +353,8 @@ class ImageResult:
     already_done: bool = False  # resume found both outputs: nothing was run
     failed: List[Tuple[str, str]] = field(default_factory=list)
     seconds: float = 0.0
-    #: the stitched cells (image pixels) in id order, with ``keep_instances=True``; else ``None``
+    #: the stitched cells (image pixels) with ``keep_instances=True`` (their label ids in
+    #: ``instances.meta["ids"]``); else ``None``
     instances: Optional[Instances] = None
     #: seconds of each step (all run on the workers): ``statistics``, ``background`` (with
     #: ``background=``: the tissue found), ``blocks`` (segmenting), ``stitch``

@@ -203,12 +203,18 @@ def chunk_cells(chunk: Chunk, extents: Sequence[Optional[Tuple[int, int, int, in
 
 
 def load_cells(work: Path, windows: int, image_size: Tuple[int, int]) -> Instances:
-    """All numbered cells as one Instances in id order (for checks on small images: the
-    client then holds every mask)."""
+    """All numbered cells as one Instances (by descending score, ties by id), their label
+    ids in ``meta["ids"]`` (for checks on small images: the client then holds every mask)."""
     parts = [_load(work / f"{k}.cells.pkl") for k in range(windows)]
-    if not sum(len(part["ids"]) for part in parts):
-        return Instances.empty(image_size)
-    masks = PatchMasks.cat([part["masks"] for part in parts])
-    return Instances(np.concatenate([part["boxes"] for part in parts]),
-                     np.concatenate([part["scores"] for part in parts]), masks,
-                     np.concatenate([part["labels"] for part in parts]))
+    ids = np.concatenate([part["ids"] for part in parts])
+    if not len(ids):
+        found = Instances.empty(image_size)
+    else:
+        found = Instances(np.concatenate([part["boxes"] for part in parts]),
+                          np.concatenate([part["scores"] for part in parts]),
+                          PatchMasks.cat([part["masks"] for part in parts]),
+                          np.concatenate([part["labels"] for part in parts]))
+    order = np.lexsort((ids, -found.scores))
+    found = found[order]
+    found.meta["ids"] = ids[order]
+    return found
