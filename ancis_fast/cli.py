@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import List, Optional, Sequence
 
-from .config import FIELDS, PredictorConfig
+from .config import FIELDS, MODES, PRECISION_NAMES, PredictorConfig
 
 MAX_CALIBRATION_IMAGES = 8
 DEFAULTS = PredictorConfig()  # the options' defaults
@@ -43,24 +43,24 @@ def _kinds(text: str) -> List[str]:
 
 
 def add_model_arguments(parser: argparse.ArgumentParser, inference: bool = True) -> None:
-    """Options of the model and its :class:`~ancis_fast.config.PredictorConfig` settings
-    (names, defaults and choices from there); ``inference``: also the backend, threads and
-    the per-image options (zoom, diameter, min size) of commands that segment images."""
+    """Options of the model, the CPU threads and the model's
+    :class:`~ancis_fast.config.PredictorConfig` settings (names, defaults and choices from
+    there); ``inference``: also the backend and the per-image options (zoom, diameter, min
+    size) of commands that segment images."""
     from .backends import BACKEND_CHOICES, REGISTRY
-    from .pipeline.fast import MODES
     from .pipeline.preprocess import NORMALIZE_MODES
 
     parser.add_argument("--weights-det", help="detector checkpoint (default: bundled model)")
     parser.add_argument("--weights-seg", help="segmenter checkpoint (default: bundled model)")
     parser.add_argument("--backbone", default="resnet50", help="detector trunk (default: resnet50)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
+    parser.add_argument("--threads", type=_positive_int, default=None, metavar="N",
+                        help="CPU threads for torch and OpenCV (default: torch's, one per core); on a shared "
+                             "machine, the cores you may use")
     if inference:
         parser.add_argument("--backend", default="auto", choices=BACKEND_CHOICES,
                             help="auto (default): the fastest backend for the device (eager on a CPU, torchscript "
                                  "on a GPU); " + "; ".join(f"{b.name}: {b.summary}" for b in REGISTRY.values()))
-        parser.add_argument("--threads", type=_positive_int, default=None, metavar="N",
-                            help="CPU threads for torch and OpenCV (default: torch's, one per core); on a shared "
-                                 "machine, the cores you may use")
     add_precision_arguments(parser)
     parser.add_argument("--mode", default=DEFAULTS.mode, choices=MODES,
                         help="fast backends' mask stage: fixed crop shapes, static (fast) or native crop sizes (exact)")
@@ -104,8 +104,6 @@ def _zoom(text: str):
 
 def add_precision_arguments(parser: argparse.ArgumentParser) -> None:
     """``--precision`` and int8's ``--calibrate`` (see :func:`calibration_images`)."""
-    from .backends.precision import PRECISION_NAMES
-
     parser.add_argument("--precision", default=DEFAULTS.precision, choices=PRECISION_NAMES,
                         help="fast backends' network dtype (default: fp32); fp16 needs a GPU, bf16 works on CPUs; "
                              "int8 (CPU, eager/torchscript): the detector trunk int8, calibrated on synthetic images")
@@ -171,28 +169,6 @@ def build_predictor(args: argparse.Namespace):
     return Predictor(**predictor_options(args))
 
 
-def output_stems(paths: Sequence[Path]) -> List[str]:
-    """Unique output names: the file stem, prefixed by its folders below the inputs'
-    common folder when two inputs share a stem (``a/x.png``, ``b/x.png`` -> ``a__x``, ``b__x``)."""
-    stems = [p.stem for p in paths]
-    if len(set(stems)) == len(stems):
-        return stems
-    root = Path(os.path.commonpath([str(p.resolve().parent) for p in paths]))
-    return ["__".join(p.resolve().relative_to(root).with_suffix("").parts) for p in paths]
-
-
-def _expand_datasets(inputs: Sequence[str]) -> List[str]:
-    """Inputs with each dataset folder (DSB ``<id>/images/``, or ``images/`` + ``masks/``)
-    replaced by its images, so that predicting on a dataset never segments its masks."""
-    from .data.layouts import dataset_images
-
-    expanded: List[str] = []
-    for item in inputs:
-        images = dataset_images(item)
-        expanded += [str(p) for p in images] if images else [item]
-    return expanded
-
-
 def _subfolder_hint(inputs: Sequence[str]) -> str:
     from .io.readers import find_images
 
@@ -214,8 +190,9 @@ def _tiling_problem(args: argparse.Namespace) -> Optional[str]:
 def _predict(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
+    from .data.layouts import expand_datasets
     from .io.readers import INPUT_SUFFIXES, find_images
-    from .io.writers import remove_stale_temp_files
+    from .io.writers import output_stems, remove_stale_temp_files
     from .models.weights import CheckpointError
 
     problem = _tiling_problem(args)
@@ -224,9 +201,13 @@ def _predict(args: argparse.Namespace) -> int:
         return 2
     if args.scheduler or args.workers:
         return _predict_distributed(args)
+    if args.background:
+        print("error: --background skips the empty blocks of slides segmented on a Dask cluster; add --workers N "
+              "or --scheduler ADDRESS, or leave it out", file=sys.stderr)
+        return 2
     missing: List[str] = []
     try:
-        paths = find_images(_expand_datasets(args.inputs), recursive=args.recursive, missing=missing)
+        paths = find_images(expand_datasets(args.inputs), recursive=args.recursive, missing=missing)
         if not paths:  # nothing to do at all: a usage error, not a failed input
             found = "; ".join(missing) or (f"no inputs ({', '.join(INPUT_SUFFIXES)}) found in {args.inputs}"
                                            f"{_subfolder_hint(args.inputs)}")
@@ -290,15 +271,18 @@ def _predict_input(args: argparse.Namespace, predictor, path: Path, stem: str, r
     from .io.writers import output_paths, write_instances
     from .pipeline.preprocess import to_bgr8
 
-    for suffix, image in tqdm(iter_frames(path), desc=path.name, unit="frame", leave=False, disable=args.quiet):
+    # bars below the files' bar move the cursor up (ESC [A): only where a terminal shows them
+    nested = not args.quiet and sys.stderr.isatty()
+    for suffix, image in tqdm(iter_frames(path), desc=path.name, unit="frame", leave=False, disable=not nested):
         name = stem + suffix
         if args.resume and all(p.exists() for p in output_paths(args.out, name, args.save, args.label_format).values()):
             run.skipped += 1
             continue
-        instances = predictor.predict(image, tile=args.tile, overlap=args.overlap, progress=not args.quiet)
+        instances = predictor.predict(image, tile=args.tile, overlap=args.overlap, progress=nested)
         bgr8 = to_bgr8(image, predictor.config.normalization) if "overlay" in args.save else None
-        write_instances(instances, args.out, name, args.save, bgr8, args.label_format)
-        run.frames, run.cells = run.frames + 1, run.cells + len(instances)
+        written = instances.without_overlaps()  # the cells the outputs hold (each pixel to one cell)
+        write_instances(written, args.out, name, args.save, bgr8, args.label_format)
+        run.frames, run.cells = run.frames + 1, run.cells + len(written)
 
 
 def _predict_distributed(args: argparse.Namespace) -> int:
@@ -340,6 +324,9 @@ def _register_predict(subparsers) -> None:
                               "spread over its workers, zarr/OME-Zarr images and TIFFs over 8192 px in blocks")
     cluster.add_argument("--workers", type=int, metavar="N",
                          help="the same on a local Dask cluster of N worker processes")
+    parser.add_argument("--background", choices=["dark", "bright"], default=None,
+                        help="with --scheduler/--workers: segment only the blocks of a slide where Otsu's threshold "
+                             "on a low-resolution view finds tissue (dark: fluorescence, bright: bright-field)")
     add_model_arguments(parser)
     parser.set_defaults(func=_predict)
 

@@ -6,14 +6,31 @@ read their names, defaults and checks from here.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields, replace
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .backends.precision import check_precision
-from .pipeline.fast import CROP_SIZES, MODES, check_crop_sizes
 from .pipeline.preprocess import Normalization
 from .zoom import AUTO, Zoom, check_diameter, check_zoom
+
+#: the fast backends' mask stages (see ``PredictorConfig.mode``)
+MODES = ("fast", "exact")
+#: fast mode's level-0 crop lengths (px; 6, then steps of about 1.25x): per axis, a box is decoded
+#: at the one nearest its native level-0 length (in log scale), so shapes are pairs of these. One
+#: fixed size for every box loses much where boxes are far from it; without 6, boxes of about 5 px
+#: (stretched to 8) were the worst matched cells (docs/performance.md, "Fast mode")
+CROP_SIZES = (6, 8, 10, 12, 16, 20, 24, 32, 40, 48, 64, 80, 96, 128)
+#: every precision name a Predictor accepts; their dtypes: :mod:`ancis_fast.backends.precision`
+PRECISION_NAMES = ("fp32", "fp16", "bf16", "int8")
+
+
+def check_crop_sizes(sizes: Sequence[int]) -> Tuple[int, ...]:
+    """``sizes`` as a tuple if they are usable fast-mode crop sizes, else a ``ValueError``."""
+    values = tuple(sizes)
+    if (not values or any(isinstance(v, bool) or not isinstance(v, int) or not 4 <= v <= 512 for v in values)
+            or list(values) != sorted(set(values))):
+        raise ValueError(f"crop_sizes={values}; expected ascending, distinct integer crop sizes from 4 to 512 px")
+    return values
 
 
 @dataclass(frozen=True)
@@ -74,7 +91,8 @@ class PredictorConfig:
         for name in ("input_size", "percentiles"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
         self.normalization  # checks normalize and percentiles
-        check_precision(self.precision)
+        if self.precision not in PRECISION_NAMES:
+            raise ValueError(f"precision={self.precision!r}; expected one of {PRECISION_NAMES}")
         object.__setattr__(self, "zoom", check_zoom(self.zoom))
         object.__setattr__(self, "crop_sizes", check_crop_sizes(self.crop_sizes))
         object.__setattr__(self, "diameter", check_diameter(self.diameter))

@@ -12,12 +12,17 @@ level, or a TIFF read through tifffile's zarr store; gray or colour, 8/16-bit):
    :func:`ancis_fast.tiling.tile_starts` (stride ``block``); each worker reads its window
    from the file itself and segments it with ``predict(window, tile=..., overlap=...)``,
    and saves the cells to ``<out>/<name>.blocks/`` (reused by ``resume``);
-3. the client stitches the windows with :func:`ancis_fast.tiling.stitch`'s rules
+3. the windows are stitched on the workers by :func:`ancis_fast.tiling.stitch`'s rules
    (each cell taken from the window where it lies farthest from the inner edges, once; no
    two cells overlapping by mask IoU over :data:`ancis_fast.tiling.DUPLICATE_IOU`), so a
-   cell crossing a seam is one instance with one id;
-4. labels go to ``<out>/<name>_labels.zarr`` (chunked like the input) and the cell table
-   (id, score, box, area, centroid: :meth:`Instances.to_csv`) to ``<out>/<name>.csv``.
+   cell crossing a seam is one instance with one id: only the cells near the seams are
+   compared, group by group (:mod:`ancis_fast.distributed_stitch`);
+4. the workers write the labels, chunk by chunk, to ``<out>/<name>_labels.zarr`` (chunked
+   like the input), to an OME-NGFF label pyramid ``<out>/<name>_cells.ome.zarr`` (napari,
+   ome-zarr-py; :mod:`ancis_fast.io.ngff`) and the rows of the cell table (id, score, box, area, centroid:
+   :meth:`Instances.to_csv`), which the client joins into ``<out>/<name>.csv``. The client
+   holds no mask. Ids run window by window, by descending score within a window (see
+   :mod:`ancis_fast.distributed_stitch`).
 
 **Many files** (:func:`segment_files`): one task per file, the same outputs as
 ``ancis-fast predict`` (:func:`ancis_fast.io.writers.write_instances`), atomic, ``resume``
@@ -43,10 +48,14 @@ from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Seque
 import numpy as np
 
 from .instances import Instances
+from .io.ngff import create_label_image, downsample_chunk, level_chunks, ngff_path, source_levels, source_pixel_size
 from .io.readers import iter_frames
 from .io.writers import DEFAULT_SAVE, atomic_path, output_paths, write_instances, write_text
 from .pipeline.preprocess import Normalization, _scale_to_uint8, to_bgr8, to_uint8, validate_image
-from .tiling import stitch, tile_starts, tile_windows
+from .background import BACKGROUNDS, assemble, thumbnail_piece, tissue_mask, view_factor, windows_with_tissue
+from .distributed_stitch import (chunk_cells, load_cells, number_window, paint_chunk, resolve_group, seam_groups,
+                                 sort_out_window, write_table)
+from .tiling import tile_starts, tile_windows
 
 PathLike = Union[str, os.PathLike]
 DEFAULT_BLOCK = 2048  # px; windows when the input's chunks are too small or thin to follow
@@ -335,16 +344,21 @@ class ImageResult:
     name: str
     labels: Optional[Path] = None
     table: Optional[Path] = None
+    ngff: Optional[Path] = None  # the OME-NGFF label image (<out>/<name>_cells.ome.zarr)
     cells: int = 0
     blocks: int = 0
     block: int = 0  # the window stride used, px
     reused: int = 0  # windows kept from an interrupted run (resume)
+    skipped: int = 0  # windows without tissue, not segmented (background=)
     already_done: bool = False  # resume found both outputs: nothing was run
     failed: List[Tuple[str, str]] = field(default_factory=list)
     seconds: float = 0.0
-    #: the stitched cells (image pixels); ``None`` when not segmented in this call
+    #: the stitched cells (image pixels) with ``keep_instances=True`` (their label ids in
+    #: ``instances.meta["ids"]``); else ``None``
     instances: Optional[Instances] = None
-    #: seconds of each step: ``statistics``, ``blocks`` (on the workers), ``stitch``, ``write`` (on the client)
+    #: seconds of each step (all run on the workers): ``statistics``, ``background`` (with
+    #: ``background=``: the tissue found), ``blocks`` (segmenting), ``stitch``
+    #: (seams decided, ids given), ``write`` (labels painted, table joined)
     timings: Dict[str, float] = field(default_factory=dict)
 
 
@@ -355,7 +369,8 @@ def image_outputs(out: PathLike, name: str) -> Tuple[Path, Path]:
 
 def segment_image(client, path: PathLike, out: PathLike, predictor: Union[PredictorSpec, Mapping[str, Any], None] = None,
                   *, block: Optional[int] = None, overlap: int = 64, tile: int = 512, tile_overlap: Optional[int] = None,
-                  name: Optional[str] = None, resume: bool = False, progress: bool = False) -> ImageResult:
+                  name: Optional[str] = None, resume: bool = False, progress: bool = False,
+                  keep_instances: bool = False, ngff: bool = True, background: Optional[str] = None) -> ImageResult:
     """Segment one huge 2-D image on the cluster of ``client`` (see module docstring).
 
     Args:
@@ -371,18 +386,33 @@ def segment_image(client, path: PathLike, out: PathLike, predictor: Union[Predic
         tile, tile_overlap: each window is segmented with ``predict(window, tile, tile_overlap)``
             (default ``tile_overlap``: ``overlap``).
         resume: keep outputs that exist, and windows saved by an earlier, interrupted run.
+        ngff: also write the labels as an OME-NGFF label image, ``<out>/<name>_cells.ome.zarr``
+            (:mod:`ancis_fast.io.ngff`: a pyramid under ``labels/cells``, which napari and
+            ome-zarr-py open as labels; for an OME-Zarr input it points at the input).
+        background: ``"dark"`` (fluorescence) or ``"bright"`` (bright-field): segment only the
+            windows where Otsu's threshold on a low-resolution view finds tissue
+            (:mod:`ancis_fast.background`; ``ImageResult.skipped`` counts the others);
+            ``None`` (default): segment every window.
+        keep_instances: also load every stitched cell into ``ImageResult.instances`` (the
+            client then holds all masks: for checks on images of modest size).
     Returns:
         an :class:`ImageResult`; when some windows failed, no outputs are written (the
         windows that worked are kept for ``resume``).
     """
     started = time.perf_counter()
+    if background not in (None,) + BACKGROUNDS:
+        raise ValueError(f"background={background!r}; expected None (segment every window) or one of {BACKGROUNDS}")
     spec = predictor if isinstance(predictor, PredictorSpec) else PredictorSpec.of(predictor)
     source = open_image(path)
     name = name or source.name
     result = ImageResult(name)
     labels_path, table_path = image_outputs(out, name)
-    if resume and labels_path.exists() and table_path.exists():
+    outputs = [labels_path, table_path] + ([ngff_path(out, name)] if ngff else [])
+    if any(p.resolve() == Path(source.path).resolve() for p in outputs):
+        raise ValueError(f"an output of {source.path!r} would replace it; give another output folder or name")
+    if resume and labels_path.exists() and table_path.exists() and (not ngff or ngff_path(out, name).exists()):
         result.labels, result.table, result.already_done = labels_path, table_path, True
+        result.ngff = ngff_path(out, name) if ngff else None
         return result
     height, width = source.shape[:2]
     tile_overlap = overlap if tile_overlap is None else tile_overlap
@@ -399,15 +429,56 @@ def segment_image(client, path: PathLike, out: PathLike, predictor: Union[Predic
     saved = {w: Path(out) / f"{name}.blocks" / f"{_window_name(w)}.pkl" for w in windows}
     todo = [w for w in windows if not (resume and saved[w].exists())]
     result.blocks, result.reused = len(windows), len(windows) - len(todo)
+    if background is not None and todo:
+        try:
+            todo = _skip_background(client, source, todo, label_chunks, scale, background, saved, result)
+        except BlocksFailed as exc:
+            result.failed, result.seconds = exc.failed, time.perf_counter() - started
+            return result
     worker_spec = spec.with_options(normalize="none") if spec.factory is None else spec  # blocks come as 8-bit
     futures = client.map(_segment_window, [worker_spec] * len(todo), [source] * len(todo), todo, [scale] * len(todo),
                          [tile] * len(todo), [tile_overlap] * len(todo), [saved[w] for w in todo], pure=False)
     result.failed = _wait(client, futures, [f"{name} {_window_name(w)}" for w in todo], progress)
-    result.timings["blocks"] = time.perf_counter() - started - result.timings["statistics"]
+    result.timings["blocks"] = time.perf_counter() - started - sum(result.timings.values())
     if not result.failed:
-        _write_image_outputs(result, saved, (height, width), window, overlap, label_chunks, labels_path, table_path)
+        _write_image_outputs(client, result, saved, (height, width), window, overlap, label_chunks, labels_path,
+                             table_path, ngff_path(out, name) if ngff else None, source, keep_instances)
     result.seconds = time.perf_counter() - started
     return result
+
+
+def _skip_background(client, source: ImageSource, todo: List[Tuple[int, int, int, int]], chunks: Tuple[int, int],
+                     scale: Optional[Tuple[float, float]], background: str,
+                     saved: Dict[Tuple[int, int, int, int], Path], result: ImageResult) -> List[Tuple[int, int, int, int]]:
+    """The windows of ``todo`` that hold tissue (:mod:`ancis_fast.background`); the others
+    are saved as segmented with no cell, and counted in ``result.skipped``."""
+    step = time.perf_counter()
+    size = source.shape[:2]
+    factor = view_factor(size)
+    parts = _chunk_windows(size[0], size[1], chunks)
+    pieces = client.map(_thumbnail_piece, [source] * len(parts), parts, [scale] * len(parts), [factor] * len(parts),
+                        pure=False)
+    failed = _wait(client, pieces, [f"{source.name} low-resolution view of {_window_name(c)}" for c in parts], False)
+    if failed:
+        raise BlocksFailed(failed)
+    mask = tissue_mask(assemble(client.gather(pieces), parts, size, factor), background)
+    keep = windows_with_tissue(mask, factor, todo)
+    for window, tissue in zip(todo, keep):
+        if not tissue:
+            with atomic_path(saved[window]) as tmp:
+                empty = Instances.empty((window[1] - window[0], window[3] - window[2]))
+                tmp.write_bytes(pickle.dumps(empty, protocol=pickle.HIGHEST_PROTOCOL))
+    result.skipped = len(todo) - sum(keep)
+    result.timings["background"] = time.perf_counter() - step
+    return [w for w, tissue in zip(todo, keep) if tissue]
+
+
+def _thumbnail_piece(source: ImageSource, chunk: Tuple[int, int, int, int], scale: Optional[Tuple[float, float]],
+                     factor: int) -> np.ndarray:
+    """Worker task: one chunk of the low-resolution view (8-bit as the windows are)."""
+    pixels = source.read(*chunk)
+    return thumbnail_piece(to_uint8(pixels, Normalization("none")) if scale is None else _scale_to_uint8(pixels, *scale),
+                           factor)
 
 
 def _layout(chunks: Tuple[int, int], block: Optional[int], stride: int) -> Tuple[int, Tuple[int, int]]:
@@ -419,18 +490,118 @@ def _layout(chunks: Tuple[int, int], block: Optional[int], stride: int) -> Tuple
     return block, (chunks if usable else (block, block))
 
 
-def _write_image_outputs(result: ImageResult, saved: Dict[Tuple[int, int, int, int], Path], size: Tuple[int, int],
-                         window: int, overlap: int, label_chunks: Tuple[int, int], labels_path: Path,
-                         table_path: Path) -> None:
-    """Stitch the saved windows, write labels and table, drop the saved windows."""
+def _write_image_outputs(client, result: ImageResult, saved: Dict[Tuple[int, int, int, int], Path],
+                         size: Tuple[int, int], window: int, overlap: int, label_chunks: Tuple[int, int],
+                         labels_path: Path, table_path: Path, ngff_root: Optional[Path], source: ImageSource,
+                         keep_instances: bool) -> None:
+    """Stitch the saved windows and write labels and table, all on the workers (see
+    :mod:`ancis_fast.distributed_stitch`); drop the saved windows. Failed steps are
+    recorded in ``result.failed`` and leave no outputs."""
     step = time.perf_counter()
-    instances = _stitch(saved, size, window, overlap)
+    windows = tile_windows(size[0], size[1], window, overlap)
+    by_origin = {(w[0], w[2]): path for w, path in saved.items()}
+    found = [by_origin[(w[0], w[1])] for w in windows]
+    work = found[0].parent / "stitch"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    stitched = _stitch_on_workers(client, result, found, windows, size, work)
+    if stitched is None:
+        return
+    total, reach = stitched
     result.timings["stitch"], step = time.perf_counter() - step, time.perf_counter()
-    write_labels_zarr(labels_path, instances, label_chunks)
-    write_text(table_path, instances.to_csv())
-    shutil.rmtree(next(iter(saved.values())).parent, ignore_errors=True)
+    if not _write_labels_on_workers(client, result, size, label_chunks, total, reach, work, labels_path, ngff_root,
+                                    source, lambda: write_table(table_path, work, len(windows))):
+        return
+    result.instances = load_cells(work, len(windows), size) if keep_instances else None
+    shutil.rmtree(work.parent, ignore_errors=True)
     result.timings["write"] = time.perf_counter() - step
-    result.labels, result.table, result.cells, result.instances = labels_path, table_path, len(instances), instances
+    result.labels, result.table, result.ngff, result.cells = labels_path, table_path, ngff_root, total
+
+
+def _run_tasks(client, result: ImageResult, task: Callable[..., Any], *columns: Sequence[Any], names: Sequence[str],
+               what: str) -> Optional[list]:
+    """``client.map(task, *columns)``, waited for; ``None`` (and ``result.failed`` set) when
+    some task failed."""
+    futures = client.map(task, *columns, pure=False)
+    result.failed = _wait(client, futures, [f"{name} ({what})" for name in names], False)
+    return None if result.failed else futures
+
+
+def _stitch_on_workers(client, result: ImageResult, found: List[Path], windows: List[Tuple[int, int, int, int]],
+                       size: Tuple[int, int], work: Path) -> Optional[Tuple[int, list]]:
+    """Sort out each window, decide the seams group by group, number each window's cells
+    (see :mod:`ancis_fast.distributed_stitch`); ``(cells, each window's cells' extent)``,
+    or ``None`` when a task failed."""
+    count = len(windows)
+    names = [f"{result.name} {_window_name((w[0], w[2], w[1], w[3]))}" for w in windows]
+    sorted_out = _run_tasks(client, result, sort_out_window, found, range(count), [windows] * count, [size] * count,
+                            [work] * count, names=names, what="seams")
+    if sorted_out is None:
+        return None
+    settled, extents = zip(*client.gather(sorted_out))
+    groups = seam_groups(extents)
+    resolved = _run_tasks(client, result, resolve_group, groups, range(len(groups)), [work] * len(groups),
+                          names=[f"{result.name} seam group {g}" for g in range(len(groups))], what="seams")
+    if resolved is None:
+        return None
+    won: List[List[Tuple[str, int]]] = [[] for _ in windows]
+    for kept in client.gather(resolved):
+        for k, part in kept.items():
+            won[k].append(part)
+    cells = np.array(settled, np.int64) + np.array([sum(n for _, n in parts) for parts in won], np.int64)
+    firsts = (1 + np.concatenate([[0], np.cumsum(cells)[:-1]])).tolist()
+    numbered = _run_tasks(client, result, number_window, range(count), firsts, [[p for p, _ in parts] for parts in won],
+                          [size] * count, [work] * count, names=names, what="ids")
+    return None if numbered is None else (int(cells.sum()), client.gather(numbered))
+
+
+def _write_labels_on_workers(client, result: ImageResult, size: Tuple[int, int], label_chunks: Tuple[int, int],
+                             total: int, reach: list, work: Path, labels_path: Path, ngff_root: Optional[Path],
+                             source: ImageSource, write_table: Callable[[], None]) -> bool:
+    """Paint the plain labels and the NGFF pyramid chunk by chunk on the workers (beside
+    their final paths), then ``write_table()`` and rename them into place; ``False`` when
+    a task failed (nothing is left)."""
+    import zarr
+
+    dtype = np.uint16 if total <= np.iinfo(np.uint16).max else np.uint32
+    labels_tmp = Path(tempfile.mkdtemp(prefix=f".{labels_path.name}.", dir=labels_path.parent))
+    ngff_tmp = Path(tempfile.mkdtemp(prefix=f".{ngff_root.name}.", dir=ngff_root.parent)) if ngff_root else None
+    try:
+        zarr.open_array(str(labels_tmp), mode="w", shape=size, chunks=label_chunks, dtype=dtype)
+        levels = [str(labels_tmp)] + (_create_ngff(ngff_tmp, size, label_chunks, dtype, source) if ngff_tmp else [])
+        chunks = _chunk_windows(size[0], size[1], label_chunks)
+        if _run_tasks(client, result, paint_chunk, [levels[:2]] * len(chunks), chunks,
+                      [chunk_cells(c, reach, work) for c in chunks],
+                      names=[f"{result.name} labels of {_window_name(c)}" for c in chunks], what="labels") is None:
+            return False
+        for finer, coarser in zip(levels[1:], levels[2:]):
+            parts = level_chunks(coarser)
+            if _run_tasks(client, result, downsample_chunk, [finer] * len(parts), [coarser] * len(parts), parts,
+                          names=[f"{result.name} {Path(coarser).name} {_window_name(c)}" for c in parts],
+                          what="pyramid") is None:
+                return False
+        write_table()
+        for tmp, final in ((labels_tmp, labels_path), (ngff_tmp, ngff_root)):
+            if tmp is not None:
+                if final.exists():
+                    shutil.rmtree(final)
+                os.replace(tmp, final)
+        return True
+    finally:
+        for tmp in (labels_tmp, ngff_tmp):
+            if tmp is not None:
+                shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _create_ngff(root: Path, size: Tuple[int, int], chunks: Tuple[int, int], dtype: type,
+                 source: ImageSource) -> List[str]:
+    """The empty NGFF label pyramid of ``source``'s labels: as many levels as an OME-Zarr
+    input has (pointing at it, with its pixel size), else halved down to one chunk."""
+    levels = source_levels(source.path)
+    if levels is None:
+        return create_label_image(root, size, chunks, dtype)
+    return create_label_image(root, size, chunks, dtype, levels, source_pixel_size(source.path, source.component),
+                              Path(source.path))
 
 
 def _normalization(spec: PredictorSpec) -> Normalization:
@@ -455,57 +626,6 @@ def _segment_window(spec: PredictorSpec, source: ImageSource, window: Tuple[int,
     with atomic_path(save) as tmp:
         tmp.write_bytes(pickle.dumps(found, protocol=pickle.HIGHEST_PROTOCOL))
     return len(found)
-
-
-def _stitch(saved: Dict[Tuple[int, int, int, int], Path], size: Tuple[int, int], window: int,
-            overlap: int) -> Instances:
-    """The saved windows stitched by :func:`~ancis_fast.tiling.stitch`'s rules (they have
-    :func:`~ancis_fast.tiling.tile_windows`' layout)."""
-    by_origin = {(w[0], w[2]): path for w, path in saved.items()}
-    windows = tile_windows(size[0], size[1], window, overlap)
-    found = [pickle.loads(by_origin[(w[0], w[1])].read_bytes()) for w in windows]
-    return stitch(found, windows, size)
-
-
-def write_labels_zarr(path: PathLike, instances: Instances, chunks: Tuple[int, int]) -> Path:
-    """Label image of ``instances`` (ids as :meth:`Instances.label_image`: 1 = best score,
-    the better cell on top where masks overlap) to a zarr array chunked ``chunks``, one
-    chunk in memory at a time; written beside ``path`` and renamed onto it."""
-    import zarr
-
-    path = Path(path)
-    height, width = instances.image_size
-    dtype = np.uint16 if len(instances) <= np.iinfo(np.uint16).max else np.uint32
-    patches, origins = instances.mask_patches.patches, instances.mask_patches.origins
-    ends = origins + np.array([p.shape for p in patches], np.int64).reshape(-1, 2)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    try:
-        array = zarr.open_array(str(tmp), mode="w", shape=(height, width), chunks=chunks, dtype=dtype)
-        for y0 in range(0, height, chunks[0]):
-            for x0 in range(0, width, chunks[1]):
-                y1, x1 = min(y0 + chunks[0], height), min(x0 + chunks[1], width)
-                array[y0:y1, x0:x1] = _paint_chunk(patches, origins, ends, (y0, y1, x0, x1), dtype)
-        if path.exists():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return path
-
-
-def _paint_chunk(patches: List[np.ndarray], origins: np.ndarray, ends: np.ndarray, chunk: Tuple[int, int, int, int],
-                 dtype: type) -> np.ndarray:
-    y0, y1, x0, x1 = chunk
-    canvas = np.zeros((y1 - y0, x1 - x0), dtype)
-    hits = np.flatnonzero((origins[:, 0] < y1) & (ends[:, 0] > y0) & (origins[:, 1] < x1) & (ends[:, 1] > x0))
-    for i in hits[::-1]:  # lowest score first, so the best ends on top
-        (py, px), patch = origins[i], patches[i]
-        top, left = max(py, y0), max(px, x0)
-        bottom, right = min(py + patch.shape[0], y1), min(px + patch.shape[1], x1)
-        piece = patch[top - py : bottom - py, left - px : right - px]
-        canvas[top - y0 : bottom - y0, left - x0 : right - x0][piece] = i + 1
-    return canvas
 
 
 # ------------------------------------------------------------------ many files
@@ -555,10 +675,10 @@ def segment_files(client, paths: Sequence[PathLike], out: PathLike,
                   progress: bool = False) -> List[FileResult]:
     """Segment many image files on the cluster of ``client``, one task per file, writing
     what ``ancis-fast predict`` writes (see :func:`segment_file`). ``stems``: output names
-    (default: :func:`ancis_fast.cli.output_stems`). Returns one :class:`FileResult` per path,
+    (default: :func:`ancis_fast.io.writers.output_stems`). Returns one :class:`FileResult` per path,
     in order; a task that failed outside the file's own errors (e.g. its worker died too
     often) has ``error`` set too."""
-    from .cli import output_stems
+    from .io.writers import output_stems
 
     spec = predictor if isinstance(predictor, PredictorSpec) else PredictorSpec.of(predictor)
     paths = [Path(p).resolve() for p in paths]
@@ -630,13 +750,13 @@ def predict_command(args, predictor_options: Dict[str, Any]) -> int:
     blocks, other inputs one file per task; prints the dashboard link, progress and a summary."""
     import sys
 
-    from .cli import _expand_datasets
+    from .data.layouts import expand_datasets
     from .io.readers import find_images
 
     started = time.perf_counter()
     huge, other = split_inputs(args.inputs)
     try:
-        paths = find_images(_expand_datasets(other), recursive=args.recursive) if other else []
+        paths = find_images(expand_datasets(other), recursive=args.recursive) if other else []
         for item in huge:
             open_image(item)
     except (FileNotFoundError, ValueError) as exc:
@@ -651,11 +771,13 @@ def predict_command(args, predictor_options: Dict[str, Any]) -> int:
         for item in huge:
             done = segment_image(client, item, args.out, spec, overlap=args.overlap,
                                  tile=args.tile or max(predictor_options.get("input_size", (512, 512))),
-                                 resume=args.resume, progress=not args.quiet)
+                                 resume=args.resume, progress=not args.quiet, background=args.background)
             failures += [f"{n}: {e}" for n, e in done.failed]
             print(f"{item}: " + (f"{done.blocks} block(s) failed" if done.failed else "already done" if done.already_done
-                                 else f"{done.cells} cell(s) in {done.blocks} block(s) ({done.reused} reused), "
-                                      f"{done.seconds:.1f} s -> {done.labels}, {done.table}"), file=sys.stderr)
+                                 else f"{done.cells} cell(s) in {done.blocks} block(s) ({done.reused} reused"
+                                      f"{f', {done.skipped} without tissue' if done.skipped else ''}), "
+                                      f"{done.seconds:.1f} s -> {done.labels}, {done.table}, {done.ngff}"),
+                  file=sys.stderr)
         results = segment_files(client, paths, args.out, spec, save=args.save, label_format=args.label_format,
                                 tile=args.tile, overlap=args.overlap, resume=args.resume, progress=not args.quiet)
     finally:

@@ -21,10 +21,10 @@ pasted as spec §6 says (``ops.paste_masks`` / ``ops.paste_windows``).
   runner loads it too.
 - ``tensorrt`` (``.ep``, a Torch-TensorRT exported program; NVIDIA GPU): the static graph of
   ``aoti`` compiled by ``torch_tensorrt.dynamo.compile``, detector and mask decoder as TensorRT
-  engines, the native operators in PyTorch (``ancis_fast.backends.tensorrt.export_tensorrt``).
+  engines, the native operators in PyTorch (:func:`export_tensorrt`).
 
 :data:`FORMATS` lists them (name, suffix, devices, options): the CLI, the suffix checks and
-:meth:`~ancis_fast.Predictor.export` all read it.
+:func:`export_predictor` all read it.
 
 Every file records its settings (input size, thresholds, mode, budgets, ...) as JSON: the
 TorchScript extra file ``ancis_config.json`` (the thresholds and input size are also module
@@ -34,9 +34,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Any, Callable, Dict, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -45,7 +46,7 @@ from . import backends
 from .backends import torchscript
 from .backends.precision import INT8
 from .io.writers import atomic_path
-from .pipeline.fast import FastCore, FastPipeline, check_static, static_budgets
+from .pipeline.fast import FastCore, FastPipeline, export_program, static_budgets
 
 if TYPE_CHECKING:
     from .predictor import Predictor
@@ -101,14 +102,6 @@ def export_torchscript(predictor: "Predictor", path: PathLike, box_budget: Optio
     return Path(path)
 
 
-def export_program(core: FastCore, example: Tensor) -> "torch.export.ExportedProgram":
-    """``torch.export`` (strict) of the whole static pipeline ``core`` (fast mode, fixed
-    ``shape_budgets``) for inputs shaped like ``example``."""
-    check_static(core, "a static export")
-    with torch.no_grad():
-        return torch.export.export(core, (example,), strict=True)
-
-
 def static_core(predictor: "Predictor", batch_size: int = 1, box_budget: Optional[int] = None,
                 examples: Optional[Tensor] = None, shape_budgets: Optional[Sequence[int]] = None,
                 fmt: str = "aoti") -> FastCore:
@@ -161,20 +154,31 @@ def _sample_inputs(predictor: "Predictor") -> Tensor:
     return preprocess(image, predictor.config.input_size, predictor.config.normalization)[0].to(predictor.device)
 
 
-def export_tensorrt_file(predictor: "Predictor", path: PathLike, **options: Any) -> Path:
-    """Delegate to ``ancis_fast.backends.tensorrt.export_tensorrt(predictor, path, **options)``."""
+def export_tensorrt(predictor: "Predictor", path: PathLike, batch_size: int = 1, box_budget: Optional[int] = None,
+                    examples: Optional[Tensor] = None, shape_budgets: Optional[Sequence[int]] = None,
+                    cache: Union[str, os.PathLike, None] = None) -> Path:
+    """Write the TensorRT-compiled whole static pipeline of ``predictor`` to ``path``.
+
+    The pipeline and its budgets are those of ``aoti`` (:func:`static_core`: fixed
+    ``batch_size``, boxes per crop shape from ``examples`` with 2x headroom unless
+    ``shape_budgets`` are given), compiled by
+    :func:`ancis_fast.backends.tensorrt.tensorrt_pipeline` on the predictor's device (an
+    NVIDIA GPU) at its precision, through the engine cache (``cache``). The file is a
+    Torch-TensorRT exported program: ``torch_tensorrt.load(path).module()(x)`` with ``x
+    [batch_size, 3, H, W]`` float32 gives :data:`OUTPUTS`.
+    """
+    from .backends.tensorrt import import_torch_tensorrt, require_cuda, tensorrt_pipeline
+
+    require_cuda(predictor.device)
     try:
-        from .backends.tensorrt import export_tensorrt
-    except (ImportError, AttributeError) as exc:
-        raise ExportUnavailable(
-            f"--format tensorrt is not available here ({type(exc).__name__}: {exc}); it needs "
-            "ancis_fast.backends.tensorrt.export_tensorrt with torch_tensorrt and an NVIDIA GPU; "
-            "use --format torchscript or aoti instead") from exc
-    try:
-        result = export_tensorrt(predictor, path, **options)
-    except ImportError as exc:  # torch_tensorrt / TensorRT missing at call time
+        import_torch_tensorrt()
+    except ImportError as exc:
         raise ExportUnavailable(f"--format tensorrt: {exc}") from exc
-    return Path(result) if result is not None else Path(path)
+    core = static_core(predictor, batch_size, box_budget, examples, shape_budgets, "tensorrt")
+    _, cached = tensorrt_pipeline(core, static_input(predictor, batch_size), predictor.config.precision, cache)
+    with atomic_path(path) as tmp:
+        shutil.copyfile(cached, tmp)
+    return Path(path)
 
 
 @dataclass(frozen=True)
@@ -199,13 +203,17 @@ FORMATS: Dict[str, ExportFormat] = {f.name: f for f in (
                  export_aoti),
     ExportFormat("tensorrt", ".ep", False, ("cuda",), ("batch_size", "box_budget", "examples", "shape_budgets", "cache"),
                  "Torch-TensorRT, the same static graph as aoti with TensorRT engines for detector and mask "
-                 "decoder (NVIDIA GPU + pip install .[tensorrt])", export_tensorrt_file),
+                 "decoder (NVIDIA GPU + pip install .[tensorrt])", export_tensorrt),
 )}
 
 
 def export_predictor(predictor: "Predictor", path: PathLike, format: str = "torchscript", **options: Any) -> Path:
-    """Write ``predictor``'s fast pipeline to ``path`` in ``format`` (one of :data:`FORMATS`;
-    see the module docstring for each one's scope and outputs); returns the path."""
+    """Write ``predictor``'s whole fast pipeline (its models and settings, whatever its
+    ``backend``) to ``path`` in ``format``, one of :data:`FORMATS` (``"torchscript"``,
+    ``"aoti"``, ``"tensorrt"``; each one's suffix and keyword ``options``, e.g.
+    ``box_budget=``, ``batch_size=``, ``examples=``, are listed there), atomically; returns
+    the path. See the module docstring for each format's scope and outputs, and
+    :func:`load_exported`."""
     if format not in FORMATS:
         raise ValueError(f"format={format!r}; expected one of {tuple(FORMATS)}")
     spec = FORMATS[format]

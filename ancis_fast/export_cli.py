@@ -6,7 +6,7 @@ import sys
 import time
 from pathlib import Path
 
-from .cli import add_model_arguments, predictor_options
+from .cli import add_model_arguments, predictor_options, set_threads
 
 HELP = """\
 formats (all take the network input [B,3,H,W] float32, BGR in [0,1] at --input-size):
@@ -31,6 +31,7 @@ def _export(args: argparse.Namespace) -> int:
     from .models.weights import CheckpointError
     from .pipeline.preprocess import preprocess
 
+    set_threads(args.threads)
     try:
         # reduced precision needs a fast backend; the export reuses an eager predictor's pipeline
         options = predictor_options(args)

@@ -143,12 +143,13 @@ class Instances:
         out.meta = dict(self.meta)
         return out
 
-    def rows(self) -> List[Dict[str, Any]]:
-        """One dict per instance with the :data:`CSV_COLUMNS` fields."""
+    def rows(self, first_id: int = 1) -> List[Dict[str, Any]]:
+        """One dict per instance with the :data:`CSV_COLUMNS` fields; ids count from
+        ``first_id`` in this order."""
         areas, centroids = self.areas, self.centroids
         return [
             {
-                "id": i + 1, "score": float(self.scores[i]),
+                "id": first_id + i, "score": float(self.scores[i]),
                 "y1": float(self.boxes[i, 0]), "x1": float(self.boxes[i, 1]),
                 "y2": float(self.boxes[i, 2]), "x2": float(self.boxes[i, 3]),
                 "area": int(areas[i]),
@@ -173,11 +174,14 @@ class Instances:
     def to_json(self, include_masks: bool = False, indent: int = 1) -> str:
         return json.dumps(self.to_dict(include_masks), indent=indent)
 
-    def to_csv(self) -> str:
+    def to_csv(self, first_id: int = 1, header: bool = True) -> str:
+        """The :data:`CSV_COLUMNS` table (ids from ``first_id``; ``header=False``: rows only,
+        to append to a table written in parts)."""
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(self.rows())
+        if header:
+            writer.writeheader()
+        writer.writerows(self.rows(first_id))
         return buffer.getvalue()
 
 

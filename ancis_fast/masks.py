@@ -25,6 +25,15 @@ class PatchMasks:
             if y < 0 or x < 0 or y + patch.shape[0] > self.image_size[0] or x + patch.shape[1] > self.image_size[1]:
                 raise ValueError(f"mask patch {patch.shape} at {(int(y), int(x))} leaves the {self.image_size} image")
 
+    def __getstate__(self) -> dict:
+        # one buffer for all patches: pickling thousands of small arrays one by one is slow
+        shapes, pixels = pack_patches(self.patches)
+        return {"shapes": shapes, "pixels": pixels, "origins": self.origins, "image_size": self.image_size}
+
+    def __setstate__(self, state: dict) -> None:
+        self.patches = unpack_patches(state["shapes"], state["pixels"])
+        self.origins, self.image_size = state["origins"], state["image_size"]
+
     @classmethod
     def empty(cls, image_size: Tuple[int, int]) -> "PatchMasks":
         return cls([], np.zeros((0, 2), np.int64), image_size)
@@ -157,3 +166,16 @@ def tight_patch(mask: np.ndarray) -> Tuple[np.ndarray, Tuple[int, int]]:
     if len(rows) == 0:
         return np.zeros((0, 0), bool), (0, 0)
     return mask[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1].copy(), (int(rows[0]), int(cols[0]))
+
+
+def pack_patches(patches: Sequence[np.ndarray]) -> Tuple[np.ndarray, np.ndarray]:
+    """``(shapes [N,2], pixels)``: bool patches as their shapes and one flat buffer."""
+    shapes = np.array([p.shape for p in patches], np.int64).reshape(-1, 2)
+    pixels = np.concatenate([p.ravel() for p in patches]) if len(patches) else np.zeros(0, bool)
+    return shapes, pixels
+
+
+def unpack_patches(shapes: np.ndarray, pixels: np.ndarray) -> List[np.ndarray]:
+    """Inverse of :func:`pack_patches` (the patches are views of ``pixels``)."""
+    ends = np.cumsum(shapes[:, 0] * shapes[:, 1])
+    return [part.reshape(shape) for part, shape in zip(np.split(pixels, ends[:-1]), shapes.tolist())]

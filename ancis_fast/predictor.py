@@ -29,12 +29,13 @@ from .pipeline.preprocess import Normalization, preprocess, to_uint8
 from .pipeline.reference import ReferencePipeline
 from .pipeline.stages import STAGES, StageTimer, untimed
 from .streaming import FrameStream
-from .tiling import TileCallback, predict_tiled
+from .tiling import TileCallback, predict_tiled_batches
 from .zoom import AUTO, auto_zoom, diameter_scale, scaled_size, zoomed_size
 
 __all__ = ["Predictor", "PredictorConfig", "STAGES"]
 
 AUTO_TILE_ABOVE = 2048  # px; larger images are tiled at native resolution
+GPU_TILE_BATCH = 8  # tiles per pipeline batch on a GPU (predict's default)
 ALREADY_8BIT = Normalization("none")  # tiles of an image converted to 8-bit as a whole
 ImageInput = Union[str, os.PathLike, np.ndarray]
 
@@ -135,7 +136,8 @@ class Predictor:
         return self.pipeline.priors
 
     def predict(self, image: ImageInput, tile: Optional[int] = None, overlap: int = 64,
-                progress: bool = False, on_tile: Optional[TileCallback] = None) -> Instances:
+                progress: bool = False, batch_size: Optional[int] = None,
+                on_tile: Optional[TileCallback] = None) -> Instances:
         """Segment one image (path or array); see :class:`~ancis_fast.Instances`.
 
         The image is resized to the input size (spec §1), or enlarged further and segmented
@@ -147,8 +149,10 @@ class Predictor:
         ``overlap`` px (at least the largest cell) and are stitched so that every cell comes
         whole from one tile (see :mod:`ancis_fast.tiling`). ``progress`` shows a bar of the
         tiles; ``on_tile(done, total)``, if given, is called instead after each tile (in the
-        calling thread; an exception it raises stops the prediction there). Cells that would
-        show fewer than ``config.min_size`` px in the label image are dropped.
+        calling thread; an exception it raises stops the prediction there). Tiles go through
+        the pipeline ``batch_size`` at a time (default: 1 on a CPU, where batching gains
+        nothing, :data:`GPU_TILE_BATCH` on a GPU); the result does not depend on it. Cells
+        that would show fewer than ``config.min_size`` px in the label image are dropped.
         """
         array = self._load(image)
         if on_tile is None and progress:
@@ -159,14 +163,15 @@ class Predictor:
                                  "the scaled image is segmented in input-size tiles)")
             scale = diameter_scale(self.config.diameter, self.config.prior_height or self.config.input_size[0],
                                    array.shape[:2], self.config.input_size)
-            found = self._segment_resized(array, scaled_size(array.shape[:2], scale), overlap, on_tile)
+            found = self._segment_resized(array, scaled_size(array.shape[:2], scale), overlap, on_tile, batch_size)
             found.meta["scale"] = scale
         elif tile is not None or max(array.shape[:2]) > self.auto_tile_above:
-            found = predict_tiled(to_uint8(array, self.config.normalization), self._predict_uint8,
-                                  tile or max(self.config.input_size), overlap, on_tile)
+            found = predict_tiled_batches(to_uint8(array, self.config.normalization), self._predict_uint8_tiles,
+                                          tile or max(self.config.input_size), overlap, on_tile,
+                                          self._tile_batch(batch_size))
         else:
             found = self._zoom(array, None if self._always_zooms() else self._predict_array(array), overlap,
-                               on_tile)
+                               on_tile, batch_size)
         return self._finish(found)
 
     def _finish(self, found: Instances) -> Instances:
@@ -180,7 +185,7 @@ class Predictor:
         return self.config.diameter is not None or self.config.zoom not in (AUTO, 1.0)
 
     def _zoom(self, array: np.ndarray, first: Optional[Instances], overlap: int,
-              on_tile: Optional[TileCallback] = None) -> Instances:
+              on_tile: Optional[TileCallback] = None, batch_size: Optional[int] = None) -> Instances:
         """The result ``config.zoom`` asks for, given ``first`` (``array`` segmented at zoom
         1; ``None`` for a fixed zoom above 1)."""
         zoom = self.config.zoom
@@ -189,24 +194,26 @@ class Predictor:
         if zoom == 1.0:
             first.meta["zoom"] = 1.0
             return first
-        found = self._segment_resized(array, zoomed_size(self.config.input_size, zoom), overlap, on_tile)
+        found = self._segment_resized(array, zoomed_size(self.config.input_size, zoom), overlap, on_tile, batch_size)
         found.meta["zoom"] = zoom
         return found
 
     def _segment_resized(self, array: np.ndarray, size: Tuple[int, int], overlap: int,
-                         on_tile: Optional[TileCallback]) -> Instances:
+                         on_tile: Optional[TileCallback], batch_size: Optional[int] = None) -> Instances:
         """``array`` converted to 8-bit as a whole, resized to ``size`` ``(H, W)``, segmented
         in input-size tiles and mapped back to its own size."""
         image = to_uint8(array, self.config.normalization)
         shrink = size[0] * size[1] < image.shape[0] * image.shape[1]
         resized = cv2.resize(image, (size[1], size[0]), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
-        found = predict_tiled(resized, self._predict_uint8, min(self.config.input_size), overlap, on_tile)
+        found = predict_tiled_batches(resized, self._predict_uint8_tiles, min(self.config.input_size), overlap, on_tile,
+                                      self._tile_batch(batch_size))
         return found[: self.config.max_detections].resized(image.shape[:2])  # the limit is per image, not per tile
 
     def predict_batch(self, images: Sequence[ImageInput], tile: Optional[int] = None, overlap: int = 64,
                       batch_size: int = 8, progress: bool = False) -> List[Instances]:
         """Segment several images; results in input order. Up to ``batch_size`` images
-        (those not tiled, zoomed or scaled) go through the pipeline together."""
+        (those not tiled, zoomed or scaled) go through the pipeline together, and the tiles of
+        each tiled one ``batch_size`` at a time."""
         if batch_size < 1:
             raise ValueError(f"batch_size={batch_size}; expected >= 1")
         results: List[Optional[Instances]] = [None] * len(images)
@@ -216,7 +223,7 @@ class Predictor:
             whole = []
             for offset, array in enumerate(arrays):
                 if tile is not None or max(array.shape[:2]) > self.auto_tile_above or self._always_zooms():
-                    results[start + offset] = self.predict(array, tile, overlap)
+                    results[start + offset] = self.predict(array, tile, overlap, batch_size=batch_size)
                 else:
                     whole.append(offset)
             if whole:
@@ -268,6 +275,18 @@ class Predictor:
     def _predict_array(self, array: np.ndarray) -> Instances:
         return self._infer(*self.stage_timer("preprocess", self._prepare, array))
 
+    def _tile_batch(self, batch_size: Optional[int]) -> int:
+        if batch_size is not None and batch_size < 1:
+            raise ValueError(f"batch_size={batch_size}; expected >= 1 (or None: 1 on a CPU, {GPU_TILE_BATCH} on a GPU)")
+        return batch_size or (GPU_TILE_BATCH if self.device.type == "cuda" else 1)
+
+    def _predict_uint8_tiles(self, tiles: List[np.ndarray]) -> List[Instances]:
+        """:meth:`_predict_uint8` of several tiles of one size, through the pipeline as one batch."""
+        if len(tiles) == 1:
+            return [self._predict_uint8(tiles[0])]
+        prepared = [self.stage_timer("preprocess", preprocess, t, self.config.input_size, ALREADY_8BIT) for t in tiles]
+        return self._run(torch.cat([p[0] for p in prepared]), [p[1] for p in prepared])
+
     def _predict_uint8(self, tile: np.ndarray) -> Instances:
         """Segment a tile of an image already converted to 8-bit as a whole (so that every
         tile has the same contrast; per tile only the channel layout becomes BGR)."""
@@ -282,17 +301,6 @@ class Predictor:
         # oversubscribe the cores. Pre-processing and I/O stay outside the lock.
         with self._lock:
             return self.pipeline.run(batch.to(self.device, non_blocking=True), original_sizes, self.stage_timer)
-
-    def export(self, path: Union[str, os.PathLike], format: str = "torchscript", **options) -> "os.PathLike":
-        """Write this predictor's whole fast pipeline (its models and settings; independent of
-        ``backend``) to ``path`` as ``format``, one of :data:`ancis_fast.export.FORMATS`
-        (``"torchscript"``, ``"aoti"``, ``"tensorrt"``; each one's suffix and ``options``, e.g.
-        ``box_budget=``, ``batch_size=``, ``examples=``, are listed there); written atomically.
-        Inputs are ``[B,3,H,W]`` network inputs; see :mod:`ancis_fast.export` for the outputs
-        and :func:`ancis_fast.export.load_exported`."""
-        from .export import export_predictor
-
-        return export_predictor(self, path, format, **options)
 
 
 def _check_calibration(config: PredictorConfig,

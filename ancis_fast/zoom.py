@@ -11,7 +11,7 @@ was trained at), recovers them; the cells are then mapped back to the original i
 when those detections are crowded: at least :data:`AUTO_MIN_CELLS` of them with a median
 nearest-neighbour distance under :data:`AUTO_SPACING` px of network input. Zooming an
 uncrowded image can do harm: in sparse, noisy images enlarged pixel noise looks like tiny
-nuclei to the model (README, "Zoom", measures both sides).
+nuclei to the model (docs/model.md, "Crowded small nuclei", measures both sides).
 
 A known nucleus diameter replaces the guess: ``diameter=D`` (image px) scales the image
 by :func:`diameter_scale` so that nuclei measure :data:`BEST_DIAMETER` px at the network's
@@ -33,7 +33,7 @@ AUTO_SPACING = 14.0  # px of network input: median centre-to-nearest-centre dist
 MAX_ZOOM = 4.0
 # nucleus diameter (px of a 512 px network input; priors scale with the input height,
 # spec §3) the bundled model segments best; it was trained on 6-60 px nuclei at a 512
-# input (README, "Zoom", measures the choice)
+# input (docs/model.md, "Crowded small nuclei", measures the choice)
 BEST_DIAMETER = 36.0
 BEST_DIAMETER_HEIGHT = 512
 MIN_SCALE, MAX_SCALE = 1 / 16, 8.0  # image px -> network px factors a diameter may ask for

@@ -21,10 +21,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from ancis_fast import Predictor  # noqa: E402
 from ancis_fast.backends.cudagraph import CudaGraphPipeline  # noqa: E402
-from ancis_fast.export import static_budgets  # noqa: E402
 from ancis_fast.io.readers import read_image  # noqa: E402
 from ancis_fast.models.weights import ASSETS  # noqa: E402
-from ancis_fast.pipeline.fast import PaddedDetections  # noqa: E402
+from ancis_fast.pipeline.fast import PaddedDetections, static_budgets  # noqa: E402
 from ancis_fast.pipeline.preprocess import preprocess  # noqa: E402
 
 

@@ -110,7 +110,7 @@ def compare(out: Path, size: int = 4096, chunk: int = 1024, workers: Sequence[in
         try:
             with get_task_stream(client) as stream:
                 result = segment_image(client, out / "synthetic.zarr", out / f"workers{count}",
-                                       PredictorSpec.of(options), overlap=overlap, tile=512)
+                                       PredictorSpec.of(options), overlap=overlap, tile=512, keep_instances=True)
         finally:
             close_client(client)
         assert not result.failed, result.failed

@@ -8,7 +8,7 @@ the same images, times every stage (``perf_counter``, CUDA events/synchronisatio
 and compares the output with the reference path's on those images: detection match rate,
 mean mask IoU of matched cells and the AP@0.5 difference (against the synthetic truth).
 The reference runs in the same invocation; ``speedup`` is measured, never copied.
-See benchmarks/README.md for every column.
+See docs/performance.md for every column.
 """
 from __future__ import annotations
 
@@ -403,7 +403,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                  **{f"{s}_ms": r.stages_ms.get(s, math.nan) for s in STAGES}} for r in rows]
         writer.writerow(flat[0].keys())
         writer.writerows([list(d.values()) for d in flat])
+    no_plots = ("--no-sweep" if args.no_sweep else "the sweeps need eager or torchscript in --backends"
+                if fast is None else "matplotlib missing: pip install .[bench]")
+    print(written_message(out_dir, plots, no_plots), file=sys.stderr)
     return 0
+
+
+def written_message(out_dir: Path, plots: List[Path], no_plots: str) -> str:
+    """Where the results and ``plots`` went, or why there are none (``no_plots``): the run's
+    last lines."""
+    results = ", ".join(str(out_dir / name) for name in ("results.md", "results.json", "results.csv"))
+    return f"results: {results}\nplots: {', '.join(str(p) for p in plots) if plots else f'none ({no_plots})'}"
 
 
 if __name__ == "__main__":

@@ -61,7 +61,7 @@ wait $TRAIN; log "fine-tuning exit $?: $(grep -h '^done' "$OUT/train.log")"
 (cd "$WORK" && tar cf - detector_fp16.pt det_ft/log.jsonl) | split -b 15m - "$OUT/weights.tar."
 log "weights packed: $(ls "$OUT" | grep -c weights.tar) part(s)"
 
-# --- a native op's C++ error (ValueError) crashed torch 2.11 there once (session 3): where? ---
+# --- a native op's C++ error (ValueError) once crashed torch 2.11 on a GPU machine: where? ---
 {
   BAD="import torch, ancis_fast.ops; torch.ops.ancis.decode(torch.zeros(2, 5, 4), torch.zeros(6, 4))"
   for init in "" "torch.zeros(1, device='cuda'); "; do

@@ -1,5 +1,5 @@
 """Every CUDA kernel of ``torch.ops.ancis`` on ordinary and edge-case inputs, each compared
-with the CPU kernel: the workload for NVIDIA compute-sanitizer (issue #8).
+with the CPU kernel: the workload for NVIDIA compute-sanitizer.
 
     compute-sanitizer --tool memcheck --error-exitcode 1 python scripts/sanitize_ops.py
     compute-sanitizer --tool racecheck --error-exitcode 1 python scripts/sanitize_ops.py --small

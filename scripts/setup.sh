@@ -51,10 +51,15 @@ PYTHON
     echo "napari plugin dependencies installed in $VENV"
 }
 
+activate_hint() {  # every later command (ancis-fast, python benchmarks/...) runs inside the environment
+    echo "next: source $VENV/bin/activate   (then ancis-fast and python use it; or call $VENV/bin/ancis-fast)"
+}
+
 # the stamp is the state the last finished install left; the same state now: nothing to redo
 if [ -z "${FORCE:-}" ] && [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$(state)" ]; then
     echo "ancis_fast already installed in $VENV (nothing changed; FORCE=1 reinstalls)"
     install_napari
+    activate_hint
     exit 0
 fi
 rm -f "$STAMP"
@@ -64,3 +69,4 @@ MAX_JOBS=${MAX_JOBS:-2} "${PIP[@]}" --no-build-isolation -e ".[test,io,bench,das
 state > "$STAMP"
 echo "ancis_fast installed in $VENV"
 install_napari
+activate_hint

@@ -3,15 +3,15 @@
 #
 #   bash scripts/train_default.sh WORK_DIR STAGE...      (default: ./train_default all)
 #
-# base      detector, then mask head on the frozen detector, from scratch (session 2: this
+# base      detector, then mask head on the frozen detector, from scratch (bundled run: this
 #           project's 2-core CPU, 78 + 27 min)
-# ft-det    fine-tune the detector (base's, else the bundled one) on many more images (session 3: one H200, 3.8 min,
+# ft-det    fine-tune the detector (base's, else the bundled one) on many more images (bundled run: one H200, 3.8 min,
 #           run by scripts/device_check.sh; FT_DEVICE=cpu works, only slower)
 # ft-seg    fine-tune the mask head (base's, else the bundled one) on the fine-tuned detector, on data with
-#           softer edges labelled nearer half-maximum (session 6: this CPU, 30 min, 446 steps of batch 4, from the
-#           session-2 head the bundle held until then)
+#           softer edges labelled nearer half-maximum (bundled run: this CPU, 30 min, 446 steps of batch 4, from
+#           base's head)
 # real-det  fine-tune the detector (ft-det's, else the bundled one) on the real DSB 2018 images of the train split
-#           (REAL_DATA, default ../shared/data/dsb2018; crops of the images resized to the 512 frame, 0.75-2x,
+#           (REAL_DATA: the DSB 2018 / BBBC038 stage-1 training set, see docs/model.md; crops of the images resized to the 512 frame, 0.75-2x,
 #           tissue and bright-field drawn often), a quarter synthetic images mixed in
 # real-seg  fine-tune the mask head (ft-seg's, else the bundled one) the same way, on real-det's detector
 # real      real-det real-seg; both are bounded by the clock (REAL_DET_MINUTES, REAL_SEG_MINUTES, the cosine
@@ -27,8 +27,8 @@
 # Every stage trains on 256x256 synthetic images with the priors of a 512 input
 # (--prior-height 512), so the model runs at the Predictor's default 512 input; nuclei keep
 # their pixel size (6-60 px), which matches DSB-like images of 256-1024 px once resized to 512.
-# The session-2 base run started with 26 detector epochs and was resumed at step 600 with
-# --epochs 20 to fit the session, so its first 600 steps followed a slightly longer schedule.
+# The bundled base run started with 26 detector epochs and was resumed at step 600 with
+# --epochs 20 to fit its time slot, so its first 600 steps followed a slightly longer schedule.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WORK="${1:-train_default}"
@@ -67,7 +67,7 @@ ft_det() {  # 2,001 steps of batch 32 in the H200's 3.8 min (bf16 autocast, 9 lo
       --init "$(init det/detector_best.pt default_detector.pt)" --seed 3 "${COMMON[@]}" "${TIMED[@]}"
 }
 
-ft_seg() {  # softer, annotator-like edges (--synth-blur/--synth-edge-floor): see README "The default model"
+ft_seg() {  # softer, annotator-like edges (--synth-blur/--synth-edge-floor): see docs/model.md, "Mask edges"
   "$PY" -m ancis_fast train-seg --detector "$(init det_ft/detector_best.pt default_detector.pt)" --gt-boxes \
       --max-boxes 8 --data synth:400 --val synth:16 --out "$WORK/seg_ft" --batch-size 4 --lr 3e-4 --warmup 20 \
       --time-limit "$FT_SEG_MINUTES" --init "$(init seg/segmenter_best.pt default_segmenter.pt)" --seed 6 \
@@ -75,8 +75,8 @@ ft_seg() {  # softer, annotator-like edges (--synth-blur/--synth-edge-floor): se
 }
 
 # real images: the train split's crops at the inference scale (no zoom-out needed), 1 synthetic image in 4
-# BatchNorm statistics frozen (REAL_BN=--freeze-bn, the default since the first run, issue 17's, which had REAL_BN=
-# and whose drifted statistics cost synthetic recall: README "The default model")
+# BatchNorm statistics frozen (REAL_BN=--freeze-bn, the default since the first real-image run, which had REAL_BN=
+# and whose drifted statistics cost synthetic recall: docs/model.md)
 REAL_BN="${REAL_BN---freeze-bn}"
 REAL=(--data "$REAL_DATA" synth:160 --split train --max-expand 1 --device "$REAL_DEVICE" --resume "${REAL_SLICE[@]}"
       $REAL_BN)

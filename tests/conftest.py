@@ -2,6 +2,7 @@
 plumbing) and small synthetic images."""
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 
@@ -68,9 +69,16 @@ def one_thread():
     torch.set_num_threads(previous)
 
 
-@pytest.fixture(scope="session")
-def models():
+@functools.lru_cache(maxsize=None)
+def _shared_models():
     return random_models()
+
+
+@pytest.fixture(scope="module")
+def models():
+    """The seeded random-weight detector and segmenter, built once for the whole test run
+    (building them takes seconds; tests only read them)."""
+    return _shared_models()
 
 
 def blob_image(height: int = 160, width: int = 200, cells: int = 12, seed: int = 0) -> np.ndarray:
@@ -88,6 +96,25 @@ def blob_image(height: int = 160, width: int = 200, cells: int = 12, seed: int =
 @pytest.fixture
 def bgr_image() -> np.ndarray:
     return blob_image()
+
+
+def matched_detections(got, want, atol: float = 1e-3):
+    """``want`` reordered to match ``got`` row for row, after checking that both hold the same
+    detections: equal counts, scores equal rank by rank within ``atol`` and boxes equal as a
+    set within ``atol``. Rows are not compared in order because two detections whose scores
+    tie up to float rounding may swap places when the batch around them changes (another
+    batch size runs other convolution kernels, rounding differently); the rank-by-rank score
+    check still fails when anything but such near-ties moves."""
+    assert len(got) == len(want), (len(got), len(want))
+    np.testing.assert_allclose(got.scores, want.scores, atol=atol)
+    if not len(got):
+        return want
+    distance = np.abs(got.boxes[:, None, :] - want.boxes[None, :, :]).max(axis=2)
+    order = distance.argmin(axis=1)
+    assert len(set(order.tolist())) == len(order), "two detections matched the same one"
+    np.testing.assert_allclose(got.boxes, want.boxes[order], atol=atol)
+    np.testing.assert_allclose(got.scores, want.scores[order], atol=atol)
+    return want[order]
 
 
 def paired_mask_ious(a, b) -> np.ndarray:

@@ -1,6 +1,7 @@
 """`ancis-fast predict` end to end with random weights."""
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -9,7 +10,8 @@ import numpy as np
 import pytest
 import tifffile
 
-from ancis_fast.cli import main, output_stems
+from ancis_fast.cli import main
+from ancis_fast.io.writers import output_stems
 from conftest import blob_image, cli_weights
 
 
@@ -29,6 +31,8 @@ def test_predict_writes_everything_and_reports_bad_files(tmp_path, weights, caps
     assert code == 1  # one input failed, the others are done
     err = capsys.readouterr().err
     assert "broken.png" in err and "2/3 input(s) done" in err
+    assert "\x1b[" not in err  # stderr is no terminal here: no cursor moves of nested bars in logs
+    written = 0
     for stem in ("one", "two"):
         labels = tifffile.imread(out / f"{stem}_labels.tif")
         assert labels.dtype == np.uint16 and labels.shape == (160, 200)
@@ -37,6 +41,9 @@ def test_predict_writes_everything_and_reports_bad_files(tmp_path, weights, caps
         assert data["num_instances"] == len(csv_rows) > 0
         assert set(np.unique(labels)) <= set(range(data["num_instances"] + 1))
         assert (out / f"{stem}_overlay.png").exists()
+        written += data["num_instances"]
+    # the summary counts the cells written (overlaps resolved, emptied cells dropped)
+    assert re.search(r"2 frame\(s\) segmented, (\d+) cell\(s\)", err).group(1) == str(written)
     assert not [p for p in out.iterdir() if ".tmp" in p.name]
     assert not (out / "broken_labels.tif").exists()
 

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from ancis_fast import Predictor
-from ancis_fast.export import save_runner_input
+from ancis_fast.export import export_predictor, save_runner_input
 from ancis_fast.ops import native_available
 from ancis_fast.pipeline.preprocess import preprocess
 from ancis_fast.predictor import PredictorConfig
@@ -52,7 +52,7 @@ def exported(tmp_path_factory):
     predictor = Predictor.from_models(*random_models(seed=2, mask_bias=0.3), backend="eager",
                                       config=PredictorConfig(input_size=SIZE, crop_sizes=(16,), max_detections=64))
     x = torch.cat([preprocess(blob_image(seed=s), SIZE)[0] for s in range(2)])
-    return predictor, x, predictor.export(folder / "model.pt"), save_runner_input(x, folder / "input.pt")
+    return predictor, x, export_predictor(predictor, folder / "model.pt"), save_runner_input(x, folder / "input.pt")
 
 
 def _expected_rows(outputs):
@@ -86,7 +86,7 @@ def test_runner_runs_the_aoti_package(runner, exported, tmp_path):
     from ancis_fast.export import load_exported
 
     predictor, x, _, example = exported
-    package = predictor.export(tmp_path / "model.pt2", format="aoti", batch_size=x.shape[0], examples=x)
+    package = export_predictor(predictor, tmp_path / "model.pt2", format="aoti", batch_size=x.shape[0], examples=x)
     budgets = load_exported(package).config["shape_budgets"]
     with torch.inference_mode():
         expected = _expected_rows(predictor.pipeline.core(shape_budgets=budgets)(x))

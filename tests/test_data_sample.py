@@ -1,4 +1,4 @@
-"""Boxes from label maps (spec §9) and label-map helpers."""
+"""Boxes from label maps (spec §9) and label-map utilities."""
 import numpy as np
 import pytest
 

@@ -1,7 +1,7 @@
 """The bundled default model really finds nuclei: a real DSB 2018 image and held-out
 synthetic images, scored against their ground truth through the public API.
 
-The floors sit a little below what README reports (measured on the same images), so a
+The floors sit a little below what docs/model.md reports (measured on the same images), so a
 change that breaks the model, its loading, the pre-processing or the reference path fails
 here while float-level noise does not.
 """
@@ -21,15 +21,15 @@ from conftest import DSB2018, needs_dsb2018, paired_mask_ious
 pytestmark = pytest.mark.auto_zoom
 
 ASSETS = Path(ancis_fast.__file__).parent / "assets"
-# measured with the bundled model (README, "The default model"; session 6's mask head): real
+# measured with the bundled model (docs/model.md): real
 # AP@0.5 0.790, F1 0.874; the 4 synthetic images below AP@0.5 0.871
 REAL_AP50_FLOOR, REAL_F1_FLOOR = 0.75, 0.83
 SYNTH_AP50_FLOOR = 0.82
-# 5th percentile of fast mode's matched-cell mask IoU against the reference, as issue #16 asks
-# (measured 0.926 / 0.909 / 0.904: README, "Backends")
+# 5th percentile of fast mode's matched-cell mask IoU against the reference: no set's worst
+# twentieth of cells far off (measured 0.926 / 0.909 / 0.904: docs/performance.md)
 FAST_P5_FLOOR = 0.88
 # (DSB score, F1@0.5) floors on the validation split of ../shared/data/dsb2018, per image class
-# (README, "The default model": eager backend)
+# (docs/model.md: eager backend)
 VAL_FLOORS = {"all": (0.49, 0.80), "fluorescence": (0.58, 0.88), "tissue": (0.17, 0.58), "brightfield": (0.04, 0.18)}
 
 
@@ -76,7 +76,7 @@ def test_held_out_synthetic_images(predictor):
 
 
 def _agreement_sets():
-    """Issue #16's sets: the bundled real image, the 4 held-out synthetic images, and 3
+    """The agreement sets: the bundled real image, 4 held-out synthetic images, and 3
     synthetic images of large cells (60-200 px, where a fixed crop size loses most)."""
     synthetic = [generate((4242, i), SynthConfig(size=(512, 512), count=(20, 180))) for i in range(4)]
     large = [generate((77, i), SynthConfig(size=(512, 512), diameter=(60, 200), count=(5, 30))) for i in range(3)]
@@ -89,7 +89,7 @@ def _agreement_sets():
 
 @pytest.mark.parametrize("name", ["real", "synthetic", "large"])
 def test_fast_mode_agrees_with_reference(predictor, name):
-    """Issue #16's fp32 agreement of the static fast mode (and exact mode) with the
+    """fp32 agreement of the static fast mode (and exact mode) with the
     reference, at zoom 1: the same detections (boxes, scores within 1e-4); on matched cells
     mean mask IoU >= 0.95 and 5th percentile >= 0.88 (exact: >= 0.99 mean); AP@0.5 against
     the truth no more than 0.01 below the reference's (fast mode scores higher on the real

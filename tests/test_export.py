@@ -6,9 +6,11 @@ import pytest
 import torch
 
 from ancis_fast import Predictor
+from ancis_fast.backends import tensorrt as trt
 from ancis_fast.cli import main
-from ancis_fast.export import OUTPUTS, ExportUnavailable, export_core, export_program, load_exported, static_budgets
+from ancis_fast.export import OUTPUTS, ExportUnavailable, export_core, export_predictor, load_exported
 from ancis_fast.ops import native_available
+from ancis_fast.pipeline.fast import export_program, static_budgets
 from ancis_fast.pipeline.preprocess import preprocess
 from ancis_fast.predictor import PredictorConfig
 from conftest import blob_image, random_models
@@ -39,7 +41,7 @@ def _eager_outputs(predictor, x, shape_budgets=None):
 @pytest.mark.parametrize("mode, batch", [("fast", 2), ("exact", 1)])
 def test_torchscript_export_round_trip(models, tmp_path, mode, batch):
     predictor = _predictor(models, mode)
-    path = predictor.export(tmp_path / "model.pt")
+    path = export_predictor(predictor, tmp_path / "model.pt")
     module = torch.jit.load(str(path))
     x = _inputs(batch)
     expected = _eager_outputs(predictor, x)
@@ -52,7 +54,7 @@ def test_torchscript_export_round_trip(models, tmp_path, mode, batch):
 
 def test_load_exported_gives_settings_and_rejects_wrong_input(models, tmp_path):
     predictor = _predictor(models)
-    exported = load_exported(predictor.export(tmp_path / "model.pt"))
+    exported = load_exported(export_predictor(predictor, tmp_path / "model.pt"))
     assert exported.config["input_size"] == list(SIZE) and exported.config["mode"] == "fast"
     assert exported.config["seg_thresh"] == 0.5 and exported.config["box_order"] == "y1,x1,y2,x2"
     with pytest.raises(torch.jit.Error, match="expected \\[B, 3, 128, 128\\]"):
@@ -62,12 +64,16 @@ def test_load_exported_gives_settings_and_rejects_wrong_input(models, tmp_path):
 def test_export_format_errors(models, tmp_path, monkeypatch):
     predictor = _predictor(models)
     with pytest.raises(ValueError, match="format='onnx'"):
-        predictor.export(tmp_path / "m.onnx", format="onnx")
+        export_predictor(predictor, tmp_path / "m.onnx", format="onnx")
     with pytest.raises(ValueError, match=r"\.pt2"):
-        predictor.export(tmp_path / "m.pt", format="aoti")
-    monkeypatch.setitem(sys.modules, "ancis_fast.backends.tensorrt", None)  # import fails
-    with pytest.raises(ExportUnavailable, match="tensorrt is not available"):
-        predictor.export(tmp_path / "m.ts", format="tensorrt")
+        export_predictor(predictor, tmp_path / "m.pt", format="aoti")
+    with pytest.raises(ValueError, match="NVIDIA GPUs only"):  # this CPU predictor
+        export_predictor(predictor, tmp_path / "m.ep", format="tensorrt")
+    monkeypatch.setattr(trt, "require_cuda", lambda device: None)
+    monkeypatch.setitem(sys.modules, "torch_tensorrt", None)  # `import torch_tensorrt` fails
+    with pytest.raises(ExportUnavailable, match=r"--format tensorrt: .*pip install \.\[tensorrt\]"):
+        export_predictor(predictor, tmp_path / "m.ep", format="tensorrt")
+    assert not list(tmp_path.iterdir())  # nothing written
 
 
 @pytest.fixture
@@ -79,9 +85,16 @@ def weights(tmp_path, models):
 
 
 def test_cli_export_torchscript_with_runner_input(tmp_path, weights, models, capsys):
+    """`export` writes a file that gives the eager pipeline's outputs, and takes --threads
+    like `predict` and `evaluate` (a shared machine's cores)."""
     out, example = tmp_path / "cli.pt", tmp_path / "input.pt"
-    assert main(["export", "--format", "torchscript", "--out", str(out), "--example-input", str(example),
-                 *weights]) == 0
+    threads = torch.get_num_threads()
+    try:
+        assert main(["export", "--format", "torchscript", "--out", str(out), "--example-input", str(example),
+                     "--threads", "1", *weights]) == 0
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(threads)
     assert "exported torchscript" in capsys.readouterr().err
     x = torch.load(example)
     assert x.shape == (1, 3, *SIZE)
@@ -92,9 +105,8 @@ def test_cli_export_torchscript_with_runner_input(tmp_path, weights, models, cap
 
 
 def test_cli_export_errors_exit_2(tmp_path, weights, monkeypatch, capsys):
-    monkeypatch.setitem(sys.modules, "ancis_fast.backends.tensorrt", None)
-    assert main(["export", "--format", "tensorrt", "--out", str(tmp_path / "m.ts"), *weights]) == 2
-    assert "tensorrt is not available" in capsys.readouterr().err
+    assert main(["export", "--format", "tensorrt", "--out", str(tmp_path / "m.ep"), *weights]) == 2
+    assert "NVIDIA GPUs only" in capsys.readouterr().err
     monkeypatch.setattr("ancis_fast.models.weights.DEFAULT_DETECTOR", tmp_path / "missing.pth")
     assert main(["export", "--out", str(tmp_path / "m.pt"), "--input-size", "128"]) == 2
     assert "bundled default model" in capsys.readouterr().err
@@ -125,7 +137,7 @@ def test_aoti_export_round_trips_the_whole_pipeline(models, tmp_path):
     compiles C++)."""
     predictor = _predictor(models, crop_sizes=(16,))
     x = _inputs(1)
-    path = predictor.export(tmp_path / "model.pt2", format="aoti", examples=x)
+    path = export_predictor(predictor, tmp_path / "model.pt2", format="aoti", examples=x)
     exported = load_exported(path)
     assert exported.config["format"] == "aoti" and exported.config["input_size"] == list(SIZE)
     expected = _eager_outputs(predictor, x, exported.config["shape_budgets"])

@@ -8,10 +8,11 @@ import torch
 from ancis_fast import Predictor
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from ancis_fast.pipeline.fast import (SMALLEST_BOX_BUDGET, CROP_SIZES, FastPipeline, PaddedDetections, box_budget,
+from ancis_fast.config import CROP_SIZES
+from ancis_fast.pipeline.fast import (SMALLEST_BOX_BUDGET, FastPipeline, PaddedDetections, box_budget,
                                       level_shape, size_classes)
 from ancis_fast.predictor import PredictorConfig
-from conftest import blob_image, paired_mask_ious, random_models
+from conftest import blob_image, matched_detections, paired_mask_ious, random_models
 
 SIZE = (128, 128)
 
@@ -59,8 +60,7 @@ def test_predict_batch_batches_and_matches_single(soft_models):
     images = [blob_image(seed=s) for s in range(3)] + [blob_image(100, 90, seed=4)]
     batched = eager.predict_batch(images, batch_size=3)
     for image, got in zip(images, batched):
-        single = eager.predict(image)
-        np.testing.assert_allclose(got.boxes, single.boxes, atol=1e-3)
+        matched_detections(got, eager.predict(image), atol=1e-3)
         assert got.image_size == image.shape[:2]
 
 
@@ -231,7 +231,7 @@ def test_core_buffers_live_with_the_priors():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_whole_static_pipeline_replays_as_a_cuda_graph(soft_models):
     from ancis_fast.backends.cudagraph import CudaGraphPipeline
-    from ancis_fast.export import static_budgets
+    from ancis_fast.pipeline.fast import static_budgets
 
     core = FastPipeline(*soft_models, SIZE, max_det=64).cuda().core()
     x = torch.cat([torch.rand(2, 3, *SIZE, generator=torch.Generator().manual_seed(s)) for s in (0, 1)]).cuda()
@@ -250,7 +250,7 @@ def test_whole_static_pipeline_replays_as_a_cuda_graph(soft_models):
 def test_outputs_of_a_wider_static_graph_paste_like_the_planned_path(soft_models):
     """An exported / CUDA-graph pipeline's outputs (fixed budgets, more rows than the batch
     needs) pasted through the batch plan give the same cells as the planned path."""
-    from ancis_fast.export import static_budgets
+    from ancis_fast.pipeline.fast import static_budgets
     from ancis_fast.pipeline.preprocess import preprocess
 
     pipeline = FastPipeline(*soft_models, SIZE, max_det=256, crop_sizes=(16, 32))

@@ -6,7 +6,7 @@ import torch
 from ancis_fast import Predictor
 from ancis_fast.backends.quantize import Int8TrunkDetector, int8_available
 from ancis_fast.evaluate import Evaluator, mask_iou, matching_stats
-from ancis_fast.export import ExportUnavailable, load_exported
+from ancis_fast.export import ExportUnavailable, export_predictor, load_exported
 from ancis_fast.io.readers import read_image
 from ancis_fast.pipeline.preprocess import preprocess
 from test_default_model import ASSETS
@@ -51,7 +51,7 @@ def test_int8_torchscript_and_its_export_equal_eager(int8_eager, real_image, tmp
     np.testing.assert_allclose(got.boxes, expected.boxes, atol=1e-3)
     np.testing.assert_allclose(got.scores, expected.scores, atol=1e-5)
 
-    path = int8_eager.export(tmp_path / "int8.ts")
+    path = export_predictor(int8_eager, tmp_path / "int8.ts")
     reloaded = load_exported(path)
     assert reloaded.config["precision"] == "int8"
     x, _ = preprocess(image, int8_eager.config.input_size)
@@ -61,7 +61,7 @@ def test_int8_torchscript_and_its_export_equal_eager(int8_eager, real_image, tmp
     torch.testing.assert_close(boxes, expected_boxes, atol=1e-4, rtol=0)
     torch.testing.assert_close(scores, expected_scores, atol=1e-5, rtol=0)
     with pytest.raises(ExportUnavailable, match="torchscript only"):
-        int8_eager.export(tmp_path / "int8.pt2", format="aoti")
+        export_predictor(int8_eager, tmp_path / "int8.pt2", format="aoti")
 
 
 def test_calibrate_replaces_the_ranges(int8_eager, real_image):

@@ -59,3 +59,16 @@ def test_cat_puts_the_parts_one_after_another():
         PatchMasks.cat([masks, PatchMasks.empty((5, 7))])
     with pytest.raises(ValueError, match="at least one PatchMasks"):
         PatchMasks.cat([])
+
+
+def test_pickle_keeps_every_patch_and_origin():
+    import pickle
+
+    rng = np.random.default_rng(0)
+    patches = [rng.random((h, w)) > 0.5 for h, w in [(3, 4), (0, 0), (1, 7), (5, 1)]]
+    masks = PatchMasks(patches, np.array([[0, 0], [0, 0], [9, 2], [4, 8]]), (12, 10))
+    again = pickle.loads(pickle.dumps(masks))
+    assert again.image_size == (12, 10) and len(again) == 4
+    np.testing.assert_array_equal(again.origins, masks.origins)
+    np.testing.assert_array_equal(again.dense(), masks.dense())
+    assert [p.shape for p in again.patches] == [p.shape for p in patches]

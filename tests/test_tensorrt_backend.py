@@ -9,9 +9,10 @@ import torch
 
 from ancis_fast import Predictor
 from ancis_fast.backends import tensorrt as trt
+from ancis_fast.export import export_predictor
 from ancis_fast.pipeline.preprocess import preprocess
 from ancis_fast.predictor import PredictorConfig
-from conftest import blob_image, random_models
+from conftest import blob_image, matched_detections, random_models
 
 SIZE = (128, 128)
 VERSIONS = {"torch": "2.14.1", "torch_tensorrt": "2.14.0", "tensorrt": "10.13"}
@@ -101,7 +102,7 @@ def test_missing_package_says_how_to_install(monkeypatch, models):
     with pytest.raises(ImportError, match=r"pip install \.\[tensorrt\].*NVIDIA GPU") as info:
         trt.import_torch_tensorrt()
     assert isinstance(info.value, trt.TensorRTUnavailableError)
-    monkeypatch.setattr(trt, "_require_cuda", lambda device: None)
+    monkeypatch.setattr(trt, "require_cuda", lambda device: None)
     with pytest.raises(trt.TensorRTUnavailableError):
         Predictor.from_models(*models, backend="tensorrt", config=PredictorConfig(input_size=SIZE))
 
@@ -116,7 +117,7 @@ def fake_trt(monkeypatch, tmp_path):
     """The fake torch_tensorrt installed, CUDA checks bypassed (CPU), cache in tmp_path."""
     calls = []
     monkeypatch.setitem(sys.modules, "torch_tensorrt", _fake_torch_tensorrt(calls))
-    monkeypatch.setattr(trt, "_require_cuda", lambda device: None)
+    monkeypatch.setattr(trt, "require_cuda", lambda device: None)
     monkeypatch.setattr(trt, "gpu_name", lambda device: "Fake GPU sm_00")
     monkeypatch.setenv(trt.CACHE_ENV, str(tmp_path / "cache"))
     return calls
@@ -157,19 +158,20 @@ def test_batches_above_the_engine_maximum_run_in_chunks(fake_trt, models):
     images = [blob_image(seed=s) for s in range(3)]
     batched = predictor.predict_batch(images, batch_size=3)
     for image, got in zip(images, batched):
-        np.testing.assert_allclose(got.boxes, predictor.predict(image).boxes, atol=1e-3)
+        matched_detections(got, predictor.predict(image), atol=1e-3)
 
 
 def test_export_tensorrt_compiles_the_whole_static_pipeline(fake_trt, models, tmp_path):
     """--format tensorrt: the static pipeline as one exported program, compiled by
     torch_tensorrt.dynamo.compile with the native operators left to PyTorch; the file's
     outputs are the AOTInductor export's (with the fake, the exported graph itself)."""
-    from ancis_fast.export import OUTPUTS, static_budgets, static_core
+    from ancis_fast.export import OUTPUTS, static_core
+    from ancis_fast.pipeline.fast import static_budgets
 
     config = PredictorConfig(input_size=SIZE, max_detections=64)
     predictor = Predictor.from_models(*models, backend="eager", config=config)
     x = torch.cat([preprocess(blob_image(seed=s), SIZE)[0] for s in range(2)])
-    out = predictor.export(tmp_path / "out" / "pipeline.ep", format="tensorrt", batch_size=2, examples=x)
+    out = export_predictor(predictor, tmp_path / "out" / "pipeline.ep", format="tensorrt", batch_size=2, examples=x)
     assert out.is_file() and len(fake_trt) == 1
     call = fake_trt[0]
     assert call["arg_inputs"][0].shape == (2, 3, *SIZE) and call["enabled_precisions"] == {torch.float32}
@@ -182,7 +184,7 @@ def test_export_tensorrt_compiles_the_whole_static_pipeline(fake_trt, models, tm
     with torch.inference_mode():
         for name, got, want in zip(OUTPUTS, engine(x), static(x)):
             torch.testing.assert_close(got, want, atol=1e-5, rtol=0, msg=name)
-    again = predictor.export(tmp_path / "again.ep", format="tensorrt", batch_size=2, examples=x)
+    again = export_predictor(predictor, tmp_path / "again.ep", format="tensorrt", batch_size=2, examples=x)
     assert again.read_bytes() == out.read_bytes() and len(fake_trt) == 1  # from the engine cache
 
 

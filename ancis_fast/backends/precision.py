@@ -12,12 +12,13 @@ from typing import Dict, List, Optional, Tuple
 import torch
 from torch import Tensor, nn
 
+from ..config import PRECISION_NAMES
+
+#: the dtypes of :data:`~ancis_fast.config.PRECISION_NAMES` but int8
 PRECISIONS: Dict[str, torch.dtype] = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 #: int8 (:mod:`ancis_fast.backends.quantize`): the detector trunk int8, everything else fp32
 INT8 = "int8"
 INT8_BACKENDS = ("eager", "torchscript")
-#: every precision name a Predictor accepts
-PRECISION_NAMES = tuple(PRECISIONS) + (INT8,)
 
 
 def check_precision(precision: str) -> torch.dtype:

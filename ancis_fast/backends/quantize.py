@@ -6,9 +6,9 @@ intermediate sums of CPUs without VNNI cannot saturate).
 Only the trunk (conv1 .. layer3, about half of the detector's FLOPs and its best-understood
 part) runs int8; the extra layers, self-attention, SSD heads, detection and the mask network
 stay fp32. The answer changes slightly: opt-in, with its agreement measured next to its speed
-(``benchmarks/fps.py --precision int8``, README). Activation ranges are calibrated on
-synthetic images made by :mod:`ancis_fast.data.synthetic` (:func:`calibration_inputs`), or on
-the user's own with :meth:`ancis_fast.Predictor.calibrate`.
+(``benchmarks/fps.py --precision int8``, docs/performance.md). Activation ranges are
+calibrated on synthetic images made by :mod:`ancis_fast.data.synthetic`
+(:func:`calibration_inputs`), or on the user's own with :meth:`ancis_fast.Predictor.calibrate`.
 
 ``torch.ao.quantization`` is deprecated upstream in favour of ``torchao``'s PT2E flow (which
 needs ``torch.compile`` and minutes of CPU compilation per input shape); its warnings are

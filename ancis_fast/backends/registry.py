@@ -86,10 +86,10 @@ def _compile_static(config: "PredictorConfig", device: torch.device) -> Optional
 
 def _tensorrt(detector: nn.Module, segmenter: nn.Module, config: "PredictorConfig", device: torch.device,
               calibration: Optional[List[Tensor]], **options: Any) -> Modules:
-    from .tensorrt import _require_cuda, import_torch_tensorrt, tensorrt_detector
+    from .tensorrt import import_torch_tensorrt, require_cuda, tensorrt_detector
 
     if config.mode == "fast":  # the whole static pipeline becomes the engine (_tensorrt_static)
-        _require_cuda(device)
+        require_cuda(device)
         import_torch_tensorrt()
         return _eager(detector, segmenter, config, device, calibration)
     fp32 = config.with_overrides(precision="fp32")  # the engine runs the detector at the precision itself
@@ -123,9 +123,10 @@ BACKENDS = tuple(REGISTRY)
 AUTO = "auto"
 #: what ``Predictor(backend=...)`` and ``--backend`` accept: ``auto`` resolves to one of BACKENDS
 BACKEND_CHOICES = (AUTO,) + BACKENDS
-#: ``auto`` per device type. Measured (README, "Backends"): on a CPU ``eager`` is as fast as
-#: ``torchscript`` without its scripting time; on a GPU ``torchscript`` was the faster of the
-#: two. ``compile`` (minutes of compiling) and ``tensorrt`` (extra install) are never chosen.
+#: ``auto`` per device type. Measured (docs/performance.md, "Which backend `auto` picks"): on
+#: a CPU ``eager`` is as fast as ``torchscript`` without its scripting time; on a GPU
+#: ``torchscript`` was the faster of the two. ``compile`` (minutes of compiling) and
+#: ``tensorrt`` (extra install) are never chosen.
 AUTO_BACKENDS = {"cpu": "eager", "cuda": "torchscript"}
 
 

@@ -4,7 +4,8 @@ cached on disk.
 - ``backend="tensorrt"`` (:func:`tensorrt_detector`): the BN-folded detector (the whole-image
   network: ~all of the FLOPs) becomes an engine for a batch range; detection and the mask
   stage stay in PyTorch, planned per batch like ``eager``.
-- ``export --format tensorrt`` (:func:`tensorrt_pipeline`, :func:`export_tensorrt`): the whole
+- ``export --format tensorrt`` (:func:`tensorrt_pipeline`, written by
+  :func:`ancis_fast.export.export_tensorrt`): the whole
   static fast pipeline (:class:`~ancis_fast.pipeline.fast.FastCore` with fixed boxes per crop
   shape, as ``--format aoti``) exported with ``torch.export`` and compiled by
   ``torch_tensorrt.dynamo.compile``: detector and mask decoder become TensorRT engines, the
@@ -25,7 +26,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import warnings
 from pathlib import Path
 from types import ModuleType
@@ -35,7 +35,7 @@ import torch
 from torch import Tensor, nn
 
 from ..io.writers import atomic_path
-from ..pipeline.fast import check_static
+from ..pipeline.fast import check_static, export_program
 from .precision import check_precision
 
 CACHE_ENV = "ANCIS_FAST_TENSORRT_CACHE"
@@ -183,7 +183,7 @@ def _save(torch_tensorrt: ModuleType, engine: nn.Module, path: Path, arg_inputs:
         torch_tensorrt.save(engine, str(tmp), output_format="exported_program", arg_inputs=arg_inputs, retrace=True)
 
 
-def _require_cuda(device: torch.device) -> None:
+def require_cuda(device: torch.device) -> None:
     if device.type != "cuda" or not torch.cuda.is_available():
         raise ValueError(f"backend='tensorrt' on device={str(device)!r}: TensorRT runs on NVIDIA GPUs only; "
                          f"use device='cuda' on a machine with one, or backend='compile' or 'eager' here")
@@ -201,7 +201,7 @@ def tensorrt_detector(detector: nn.Module, input_size: Sequence[int], device: Un
     ``detector``'s weights are cast to the precision in place.
     """
     device = torch.device(device)
-    _require_cuda(device)
+    require_cuda(device)
     torch_tensorrt = import_torch_tensorrt()
     dtype, batch_range = check_precision(precision), check_batch_range(batch_range)
     key = cache_key(weights_digest(detector), input_size, batch_range, precision, runtime_versions(), gpu_name(device))
@@ -233,10 +233,8 @@ def tensorrt_pipeline(core: nn.Module, example: Tensor, precision: str = "fp32",
     ``torch_tensorrt.dynamo.compile`` with the native operators left to PyTorch. Outputs as
     the module's (:data:`ancis_fast.export.OUTPUTS`). Cached like :func:`tensorrt_detector`;
     returns the module and its file."""
-    from ..export import export_program
-
     device = example.device
-    _require_cuda(device)
+    require_cuda(device)
     torch_tensorrt = import_torch_tensorrt()
     check_static(core, "a TensorRT pipeline")
     dtype = check_precision(precision)
@@ -252,25 +250,3 @@ def tensorrt_pipeline(core: nn.Module, example: Tensor, precision: str = "fp32",
                                                torch_executed_ops=set(NATIVE_OPS), min_block_size=1)
         _save(torch_tensorrt, engine, path, [example])
     return engine, path
-
-
-def export_tensorrt(predictor: Any, out_path: Union[str, os.PathLike], batch_size: int = 1,
-                    box_budget: Optional[int] = None, examples: Optional[Tensor] = None,
-                    shape_budgets: Optional[Sequence[int]] = None, cache: Union[str, os.PathLike, None] = None) -> Path:
-    """Write the TensorRT-compiled whole static pipeline of ``predictor`` to ``out_path``.
-
-    The pipeline and its budgets are those of ``--format aoti``
-    (:func:`ancis_fast.export.static_core`: fixed ``batch_size``, boxes per crop shape from
-    ``examples`` with 2x headroom unless ``shape_budgets`` are given), compiled by
-    :func:`tensorrt_pipeline` on the predictor's device (an NVIDIA GPU) at its precision. The
-    file is a Torch-TensorRT exported program: ``torch_tensorrt.load(out_path).module()(x)``
-    with ``x [batch_size, 3, H, W]`` float32 gives :data:`ancis_fast.export.OUTPUTS`.
-    """
-    from ..export import static_core, static_input
-
-    _require_cuda(predictor.device)
-    core = static_core(predictor, batch_size, box_budget, examples, shape_budgets, "tensorrt")
-    _, path = tensorrt_pipeline(core, static_input(predictor, batch_size), predictor.config.precision, cache)
-    with atomic_path(out_path) as tmp:
-        shutil.copyfile(path, tmp)
-    return Path(out_path)

@@ -9,8 +9,8 @@ model finds differently hard, so splits are stratified and results reported by t
   :data:`COLOUR_SPREAD`): H&E and other stains;
 - ``brightfield``: a light, gray background (dark nuclei on white).
 
-Measured on the 577 images of ``../shared/data/dsb2018``: fluorescence medians are <= 60,
-the light images' >= 130; gray images have spread 0, the stained ones >= 11.
+Measured on 577 images of the DSB 2018 training set (docs/model.md, "Data"): fluorescence
+medians are <= 60, the light images' >= 130; gray images have spread 0, the stained ones >= 11.
 """
 from __future__ import annotations
 

@@ -178,6 +178,16 @@ def dataset_images(folder: PathLike) -> List[Path]:
     return [dataset.image_path(sample_id) for sample_id in dataset.ids]
 
 
+def expand_datasets(inputs: Sequence[str]) -> List[str]:
+    """``inputs`` (paths, folders, glob patterns) with each dataset folder replaced by its
+    images (:func:`dataset_images`), so that segmenting a dataset never segments its masks."""
+    expanded: List[str] = []
+    for item in inputs:
+        images = dataset_images(item)
+        expanded += [str(p) for p in images] if images else [item]
+    return expanded
+
+
 def open_dataset(root: PathLike, layout: str = "auto") -> Sequence[Sample]:
     """Lazy sample sequence of a dataset folder in ``layout`` (``auto``, ``dsb``, ``labels``)."""
     if layout not in LAYOUTS:

@@ -8,7 +8,7 @@ import re
 import tempfile
 import zipfile
 from pathlib import Path
-from typing import Dict, Iterable, Iterator, List, Union
+from typing import Dict, Iterable, Iterator, List, Sequence, Union
 
 import cv2
 import numpy as np
@@ -122,6 +122,17 @@ def output_paths(out_dir: PathLike, stem: str, kinds: Iterable[str], label_forma
     names = {"labels": f"{stem}_labels.{label_format}", "json": f"{stem}.json", "csv": f"{stem}.csv",
              "overlay": f"{stem}_overlay.png", "rois": f"{stem}_rois.zip", "geojson": f"{stem}.geojson"}
     return {kind: out_dir / names[kind] for kind in kinds}
+
+
+def output_stems(paths: Sequence[Path]) -> List[str]:
+    """Unique output names for input files: the file stem, prefixed by its folders below the
+    inputs' common folder when two inputs share a stem (``a/x.png``, ``b/x.png`` -> ``a__x``,
+    ``b__x``)."""
+    stems = [p.stem for p in paths]
+    if len(set(stems)) == len(stems):
+        return stems
+    root = Path(os.path.commonpath([str(p.resolve().parent) for p in paths]))
+    return ["__".join(p.resolve().relative_to(root).with_suffix("").parts) for p in paths]
 
 
 def write_imagej_rois(path: PathLike, instances: Instances) -> None:

@@ -1,14 +1,18 @@
 """Fake (meta) kernels of the ``ancis::*`` operators, so that torch.compile and torch.export
 trace through them. Imported once by :func:`ancis_fast.ops._native.available` after the
-library has loaded; data-dependent lengths (the NMS keep) are unbacked sizes."""
+library has loaded (``register_fake`` raises on a second registration); data-dependent
+lengths (the NMS keep) are unbacked sizes."""
 from __future__ import annotations
 
-from typing import List, Optional, Sequence
+from typing import Callable, List, Optional, Sequence
 
 import torch
 from torch import Tensor
 
-from ._native import fake
+
+def fake(name: str) -> Callable:
+    """Decorator registering a fake (meta) kernel for ``ancis::name``."""
+    return torch.library.register_fake(f"ancis::{name}")
 
 
 @fake("decode")

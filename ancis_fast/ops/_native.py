@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib.util
 import threading
 import warnings
-from typing import Callable, Optional
+from typing import Optional
 
 import torch
 from torch import Tensor
@@ -99,9 +99,3 @@ def use_native(op: str, *tensors: Tensor) -> bool:
         if t.device.type not in ("cpu", "cuda", "meta"):
             return False
     return True
-
-
-def fake(name: str) -> Callable:
-    """Decorator registering a fake (meta) kernel for ``ancis::name``; called from _fake.py only,
-    after the library is loaded (register_fake raises on a second registration)."""
-    return torch.library.register_fake(f"ancis::{name}")

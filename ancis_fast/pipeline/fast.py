@@ -12,8 +12,8 @@ Differences from :mod:`ancis_fast.pipeline.reference` (same models, same maths):
   then ``head``) on many boxes at once:
 
   * ``mode="fast"`` (static): each box is decoded at a fixed crop shape, per axis the one
-    of a few sizes (:data:`CROP_SIZES`, level 0, halved per level, :func:`level_shape`)
-    nearest its own level-0 length; per shape, a fixed *budget* of boxes is picked on the
+    of a few sizes (:data:`ancis_fast.config.CROP_SIZES`, level 0, halved per level,
+    :func:`level_shape`) nearest its own level-0 length; per shape, a fixed *budget* of boxes is picked on the
     device (a stable sort, no host read) and every decoder step runs once for all of them; a box with fewer
     levels starts its decoding where the reference does (``torch.where`` keeps its own crop
     until then). No host synchronisation and no data-dependent shape: TorchScript,
@@ -30,29 +30,21 @@ Differences from :mod:`ancis_fast.pipeline.reference` (same models, same maths):
 # No `from __future__ import annotations`: TorchScript reads FastCore's class annotations.
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 from .. import ops
+from ..config import CROP_SIZES, MODES, PredictorConfig, check_crop_sizes
 from ..instances import Instances
 from ..masks import PatchMasks, tight_patch
 from ..models.priors import make_priors
 from ..ops.crop_and_resize import level_crop_bounds_unchecked
 from .stages import StageTimer, image_scale, untimed
 
-if TYPE_CHECKING:
-    from ..config import PredictorConfig
-
-MODES = ("fast", "exact")
 HALO = 2  # layer_c0 is two 3x3 convs: a 2-pixel halo makes the crop's features exact
-#: fast mode's level-0 crop lengths (px; 6, then steps of about 1.25x): per axis, a box is decoded
-#: at the one nearest its native level-0 length (in log scale), so shapes are pairs of these. One
-#: fixed size for every box loses much where boxes are far from it; without 6, boxes of about 5 px
-#: (stretched to 8) were the worst matched cells (README, "Backends")
-CROP_SIZES = (6, 8, 10, 12, 16, 20, 24, 32, 40, 48, 64, 80, 96, 128)
 NUM_LEVELS = 5  # c0..c4
 #: box budgets are powers of two from this up (past the top, the caller's limit): few
 #: distinct shapes (one CUDA graph / TensorRT profile each), at most 2x padded boxes
@@ -92,15 +84,6 @@ def shape_budget(count: int, limit: int, rounded: bool) -> int:
     if count == 0:
         return 0
     return box_budget(count, limit) if rounded else count
-
-
-def check_crop_sizes(sizes: Sequence[int]) -> Tuple[int, ...]:
-    """``sizes`` as a tuple if they are usable fast-mode crop sizes, else a ``ValueError``."""
-    values = tuple(sizes)
-    if (not values or any(isinstance(v, bool) or not isinstance(v, int) or not 4 <= v <= 512 for v in values)
-            or list(values) != sorted(set(values))):
-        raise ValueError(f"crop_sizes={values}; expected ascending, distinct integer crop sizes from 4 to 512 px")
-    return values
 
 
 def size_classes(bounds0: Tensor, edges: Tensor) -> Tensor:
@@ -611,6 +594,15 @@ def check_static(core: FastCore, use: str) -> None:
     if core.mode != "fast" or core.shape_budgets is None:
         raise ValueError(f"{use} needs the static pipeline: mode='fast' and fixed shape_budgets "
                          "(FastCore.core(shape_budgets=...), see static_budgets)")
+
+
+def export_program(core: FastCore, example: Tensor) -> "torch.export.ExportedProgram":
+    """``torch.export`` (strict) of the whole static pipeline ``core`` (fast mode, fixed
+    ``shape_budgets``) for inputs shaped like ``example [B,3,H,W]``: what AOTInductor and
+    Torch-TensorRT compile."""
+    check_static(core, "a static export")
+    with torch.no_grad():
+        return torch.export.export(core, (example,), strict=True)
 
 
 def static_budgets(core: FastCore, examples: Tensor, batch_size: Optional[int] = None,
