@@ -142,7 +142,7 @@ LAYERS = (
     ("config", "zoom", "pipeline", "tiling", "io", "data", "streaming", "background"),
     ("backends",),
     ("predictor",),
-    ("cli", "export", "export_cli", "distributed", "distributed_stitch", "evaluate", "train", "__main__"),
+    ("cli", "export", "export_cli", "distributed", "distributed_stitch", "evaluate", "train", "napari", "__main__"),
 )
 LAYER_OF = {name: level for level, names in enumerate(LAYERS) for name in names}
 
