@@ -17,10 +17,12 @@
 # real      real-det real-seg; both are bounded by the clock (REAL_DET_MINUTES, REAL_SEG_MINUTES, the cosine
 #           schedule anneals by it) and resumable: set REAL_SLICE_MINUTES to end each call after that long with a
 #           checkpoint (e.g. a few hours a night on a CPU, or minutes on a GPU with REAL_DEVICE=cuda) and call
-#           the stage again until it reports done
+#           the stage again until it reports done. REAL_ROUND=N (default 1) is the Nth such run: it starts from
+#           round N-1's weights (WORK/det_realN-1, else the bundled ones, which a bundled round leaves behind) with
+#           fresh seeds and writes WORK/det_realN + WORK/seg_realN (round 1: det_real, seg_real)
 # eval-real score WORK's real-stage model (else the bundled one) on the validation split, per image class
 # figures   docs/default_model_<class>.png: one validation image per class, annotation | bundled model
-# bundle    write WORK/det_real + WORK/seg_real (else det_ft/seg_ft, else det/seg) as the bundled fp16 files
+# bundle    write REAL_ROUND's det_real + seg_real (else det_ft/seg_ft, else det/seg) as the bundled fp16 files
 # eval      score the bundled model on held-out synthetic images and the bundled real image
 # all       base ft-det ft-seg bundle eval
 #
@@ -46,6 +48,10 @@ REAL_DEVICE="${REAL_DEVICE:-cpu}"
 REAL_DET_MINUTES="${REAL_DET_MINUTES:-40}"
 REAL_SEG_MINUTES="${REAL_SEG_MINUTES:-15}"
 REAL_SLICE=(${REAL_SLICE_MINUTES:+--stop-after "$REAL_SLICE_MINUTES"})
+REAL_ROUND="${REAL_ROUND:-1}"
+round_dir() { if [ "$2" -le 1 ]; then echo "$1_real"; else echo "$1_real$2"; fi; }  # STAGE ROUND -> folder
+DET_REAL=$(round_dir det "$REAL_ROUND")
+SEG_REAL=$(round_dir seg "$REAL_ROUND")
 COMMON=(--input-size 256 --prior-height 512 --recipe fast --rot90)
 # fine-tuning runs are bounded by time: the cosine schedule anneals by the clock
 TIMED=(--epochs 1000 --val-every 100000 --quiet)
@@ -60,6 +66,10 @@ base() {
 
 # fine-tuning starts from the base stage's output when there is one, else from the bundled model
 init() { if [ -f "$WORK/$1" ]; then echo "$WORK/$1"; else echo "ancis_fast/assets/$2"; fi; }
+# a real-image round starts where the round before it ended (round 1: where ft-det / ft-seg ended)
+real_init() {  # STAGE FILE FIRST_ROUND_FILE BUNDLED_FILE
+  if [ "$REAL_ROUND" -le 1 ]; then init "$3" "$4"; else init "$(round_dir "$1" $((REAL_ROUND - 1)))/$2" "$4"; fi
+}
 
 ft_det() {  # 2,001 steps of batch 32 in the H200's 3.8 min (bf16 autocast, 9 loader processes)
   "$PY" -m ancis_fast train-det --data synth:3200 --val synth:64 --out "$WORK/det_ft" --batch-size 32 --lr 2e-3 \
@@ -82,24 +92,26 @@ REAL=(--data "$REAL_DATA" synth:160 --split train --max-expand 1 --device "$REAL
       $REAL_BN)
 
 real_det() {  # box AP on the validation split at the end (mask scores: eval-real)
-  "$PY" -m ancis_fast train-det "${REAL[@]}" --val "$REAL_DATA" --val-split val --out "$WORK/det_real" \
+  "$PY" -m ancis_fast train-det "${REAL[@]}" --val "$REAL_DATA" --val-split val --out "$WORK/$DET_REAL" \
       --batch-size 4 --lr 3e-4 --warmup 20 \
-      --time-limit "$REAL_DET_MINUTES" --init "$(init det_ft/detector_best.pt default_detector.pt)" --seed 17 \
+      --time-limit "$REAL_DET_MINUTES" --init "$(real_init det detector.pt det_ft/detector_best.pt default_detector.pt)" \
+      --seed $((17 + 2 * (REAL_ROUND - 1))) \
       "${COMMON[@]}" "${TIMED[@]}" $EXTRA
 }
 
 real_seg() {  # with ft-seg's softer synthetic edges
-  "$PY" -m ancis_fast train-seg "${REAL[@]}" --detector "$(init det_real/detector.pt default_detector.pt)" \
-      --gt-boxes --max-boxes 8 --out "$WORK/seg_real" --batch-size 4 --lr 3e-4 --warmup 20 \
-      --time-limit "$REAL_SEG_MINUTES" --init "$(init seg_ft/segmenter_best.pt default_segmenter.pt)" --seed 18 \
+  "$PY" -m ancis_fast train-seg "${REAL[@]}" --detector "$(init "$DET_REAL/detector.pt" default_detector.pt)" \
+      --gt-boxes --max-boxes 8 --out "$WORK/$SEG_REAL" --batch-size 4 --lr 3e-4 --warmup 20 \
+      --time-limit "$REAL_SEG_MINUTES" --init "$(real_init seg segmenter.pt seg_ft/segmenter_best.pt default_segmenter.pt)" \
+      --seed $((18 + 2 * (REAL_ROUND - 1))) \
       --synth-blur 0.3,3 --synth-edge-floor 0,0.9 "${COMMON[@]}" "${TIMED[@]}" $EXTRA
 }
 
 evaluate_real() {  # eager backend (the batched fast path): on 20 validation images, DSB 0.416 / F1 0.737 against the
                    # reference backend's 0.420 / 0.740 (bundled model), at a fraction of the time
   "$PY" -m ancis_fast evaluate "$REAL_DATA" --split val --backend eager --quiet \
-      --weights-det "$(init det_real/detector.pt default_detector.pt)" \
-      --weights-seg "$(init seg_real/segmenter.pt default_segmenter.pt)" --json "$WORK/eval_real_val.json"
+      --weights-det "$(init "$DET_REAL/detector.pt" default_detector.pt)" \
+      --weights-seg "$(init "$SEG_REAL/segmenter.pt" default_segmenter.pt)" --json "$WORK/eval_real_round${REAL_ROUND}_val.json"
 }
 
 figures() {  # docs/default_model_<class>.png: the first validation image of each class, annotation | bundled model
@@ -128,15 +140,15 @@ EOF
 }
 
 bundle() {
-  "$PY" - "$WORK" <<'EOF'
+  "$PY" - "$WORK" "$DET_REAL" "$SEG_REAL" <<'EOF'
 import sys
 from pathlib import Path
 from ancis_fast.models.weights import DEFAULT_DETECTOR, DEFAULT_SEGMENTER
 from ancis_fast.train.checkpoint import export_half
-work = Path(sys.argv[1])
+work, real = Path(sys.argv[1]), {"det": sys.argv[2], "seg": sys.argv[3]}
 for stage, target in (("det", DEFAULT_DETECTOR), ("seg", DEFAULT_SEGMENTER)):
     name = "detector" if stage == "det" else "segmenter"
-    candidates = (work / f"{stage}_real/{name}.pt", work / f"{stage}_ft/{name}_best.pt", work / f"{stage}/{name}_best.pt")
+    candidates = (work / real[stage] / f"{name}.pt", work / f"{stage}_ft/{name}_best.pt", work / f"{stage}/{name}_best.pt")
     source = next(p for p in candidates if p.is_file())
     export_half(source, target)
     print(f"bundled {source} as {target}")
