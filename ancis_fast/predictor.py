@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import os
 import threading
-from typing import Any, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
-import cv2
 import numpy as np
 import torch
 from torch import nn
@@ -29,8 +28,9 @@ from .pipeline.preprocess import Normalization, preprocess, to_uint8
 from .pipeline.reference import ReferencePipeline
 from .pipeline.stages import STAGES, StageTimer, untimed
 from .streaming import FrameStream
-from .tiling import TileCallback, predict_tiled_batches
-from .zoom import AUTO, auto_zoom, diameter_scale, scaled_size, zoomed_size
+from .tiling import TileCallback
+from .views import WHOLE, ImagePlan, View, batches, plan_image, zoomed_plan
+from .zoom import AUTO, auto_zoom
 
 __all__ = ["Predictor", "PredictorConfig", "STAGES"]
 
@@ -147,93 +147,93 @@ class Predictor:
         2048 px), or any image when ``tile`` is given, are instead segmented in ``tile x
         tile`` pieces at native resolution (default: the input size) that overlap by
         ``overlap`` px (at least the largest cell) and are stitched so that every cell comes
-        whole from one tile (see :mod:`ancis_fast.tiling`). ``progress`` shows a bar of the
-        tiles; ``on_tile(done, total)``, if given, is called instead after each tile (in the
-        calling thread; an exception it raises stops the prediction there). Tiles go through
-        the pipeline ``batch_size`` at a time (default: 1 on a CPU, where batching gains
-        nothing, :data:`GPU_TILE_BATCH` on a GPU); the result does not depend on it. Cells
-        that would show fewer than ``config.min_size`` px in the label image are dropped.
+        whole from one tile (see :mod:`ancis_fast.tiling`; :mod:`ancis_fast.views` plans
+        these *views* of the image). ``progress`` shows a bar of the tiles; ``on_tile(done,
+        total)``, if given, is called instead after each tile (in the calling thread; an
+        exception it raises stops the prediction there). Tiles go through the pipeline
+        ``batch_size`` at a time (default: 1 on a CPU, where batching gains nothing,
+        :data:`GPU_TILE_BATCH` on a GPU); the result does not depend on it. Cells that would
+        show fewer than ``config.min_size`` px in the label image are dropped.
         """
-        array = self._load(image)
         if on_tile is None and progress:
             on_tile = _tile_bar()
-        if self.config.diameter is not None:
-            if tile is not None:
-                raise ValueError(f"tile={tile} and diameter={self.config.diameter:g}: give one (with a diameter "
-                                 "the scaled image is segmented in input-size tiles)")
-            scale = diameter_scale(self.config.diameter, self.config.prior_height or self.config.input_size[0],
-                                   array.shape[:2], self.config.input_size)
-            found = self._segment_resized(array, scaled_size(array.shape[:2], scale), overlap, on_tile, batch_size)
-            found.meta["scale"] = scale
-        elif tile is not None or max(array.shape[:2]) > self.auto_tile_above:
-            found = predict_tiled_batches(to_uint8(array, self.config.normalization), self._predict_uint8_tiles,
-                                          tile or max(self.config.input_size), overlap, on_tile,
-                                          self._tile_batch(batch_size))
-        else:
-            found = self._zoom(array, None if self._always_zooms() else self._predict_array(array), overlap,
-                               on_tile, batch_size)
-        return self._finish(found)
+        return self._segment_images([self._load(image)], tile, overlap, self._tile_batch(batch_size), on_tile)[0]
+
+    def predict_batch(self, images: Sequence[ImageInput], tile: Optional[int] = None, overlap: int = 64,
+                      batch_size: int = 8, progress: bool = False) -> List[Instances]:
+        """Segment several images; results in input order, each equal to :meth:`predict`'s.
+        The views of up to ``batch_size`` images at a time (whole images, tiles; see
+        :mod:`ancis_fast.views`) go through the pipeline ``batch_size`` at a time."""
+        if batch_size < 1:
+            raise ValueError(f"batch_size={batch_size}; expected >= 1")
+        results: List[Instances] = []
+        bar = tqdm(total=len(images), desc="segmenting", unit="img", disable=not progress)
+        for start in range(0, len(images), batch_size):
+            arrays = [self._load(image) for image in images[start : start + batch_size]]
+            results += self._segment_images(arrays, tile, overlap, batch_size)
+            bar.update(len(arrays))
+        bar.close()
+        return results
+
+    def _segment_images(self, arrays: List[np.ndarray], tile: Optional[int], overlap: int, batch_size: int,
+                        on_tile: Optional[TileCallback] = None) -> List[Instances]:
+        """The one loop: plan the views of ``arrays``, segment them in batches, merge each
+        image's; ``zoom="auto"`` plans the whole images whose cells are crowded again, zoomed."""
+        plans = [plan_image(i, array.shape[:2], self.config, tile, overlap, self.auto_tile_above)
+                 for i, array in enumerate(arrays)]
+        results = self._segment_plans(plans, arrays, batch_size, on_tile)
+        zoomed = [plan for plan in (self._zoomed_plan(p, found, overlap) for p, found in zip(plans, results)) if plan]
+        for plan, found in zip(zoomed, self._segment_plans(zoomed, arrays, batch_size, on_tile)):
+            results[plan.image] = found
+        return [self._finish(found) for found in results]
+
+    def _zoomed_plan(self, plan: ImagePlan, found: Instances, overlap: int) -> Optional[ImagePlan]:
+        """The second round of ``zoom="auto"``: a whole image whose cells ``found`` are
+        crowded (:func:`~ancis_fast.zoom.auto_zoom`) planned zoomed, else ``None``."""
+        if plan.kind != WHOLE or self.config.zoom != AUTO:
+            return None
+        zoom = auto_zoom(found.boxes, found.image_size, self.config.input_size)
+        return None if zoom == 1.0 else zoomed_plan(plan.image, plan.image_size, zoom, self.config.input_size,
+                                                    overlap, self.config.max_detections)
+
+    def _segment_plans(self, plans: List[ImagePlan], arrays: List[np.ndarray], batch_size: int,
+                       on_tile: Optional[TileCallback]) -> List[Instances]:
+        """Every view of ``plans`` through the pipeline ``batch_size`` at a time; each image
+        merged, and its pixels let go, once its last view is done. Results in plan order."""
+        plan_of = {plan.image: plan for plan in plans}
+        pending: Dict[int, List[Instances]] = {image: [] for image in plan_of}  # per view, until merged
+        pixels: Dict[int, np.ndarray] = {}
+        merged: Dict[int, Instances] = {}
+        tiles, done = sum(not view.whole for plan in plans for view in plan.views), 0
+        for batch in batches([view for plan in plans for view in plan.views], batch_size):
+            for view in batch:
+                if view.image not in pixels:
+                    pixels[view.image] = plan_of[view.image].pixels(arrays[view.image], self.config.normalization)
+            for view, found in zip(batch, self._segment_views(batch, [v.cut(pixels[v.image]) for v in batch])):
+                pending[view.image].append(found)
+                if len(pending[view.image]) == len(plan_of[view.image].views):
+                    merged[view.image] = plan_of[view.image].merge(pending.pop(view.image))
+                    del pixels[view.image]
+                if not view.whole and on_tile is not None:
+                    done += 1
+                    on_tile(done, tiles)
+        return [merged[plan.image] for plan in plans]
+
+    def _segment_views(self, views: List[View], crops: List[np.ndarray]) -> List[Instances]:
+        """``crops`` (:meth:`View.cut` of ``views``) through the pipeline as one batch: one
+        Instances per view in its crop's pixels."""
+        if len(views) == 1 and not views[0].whole:
+            return [self._predict_uint8(crops[0])]
+        prepared = [self.stage_timer("preprocess", preprocess, crop, view.input_size,
+                                     self.config.normalization if view.whole else ALREADY_8BIT)
+                    for view, crop in zip(views, crops)]
+        return self._run(torch.cat([p[0] for p in prepared]), [p[1] for p in prepared])
 
     def _finish(self, found: Instances) -> Instances:
         """``found`` without the cells whose visible part (after overlaps are resolved, see
         :meth:`Instances.visible`) has fewer than ``config.min_size`` px. Dropping a cell
         only uncovers others, so every cell left shows at least ``min_size`` px."""
         return found[found.visible().areas >= self.config.min_size] if self.config.min_size else found
-
-    def _always_zooms(self) -> bool:
-        """A fixed zoom above 1 or a diameter: no plain pass is needed first."""
-        return self.config.diameter is not None or self.config.zoom not in (AUTO, 1.0)
-
-    def _zoom(self, array: np.ndarray, first: Optional[Instances], overlap: int,
-              on_tile: Optional[TileCallback] = None, batch_size: Optional[int] = None) -> Instances:
-        """The result ``config.zoom`` asks for, given ``first`` (``array`` segmented at zoom
-        1; ``None`` for a fixed zoom above 1)."""
-        zoom = self.config.zoom
-        if zoom == AUTO:
-            zoom = auto_zoom(first.boxes, first.image_size, self.config.input_size)
-        if zoom == 1.0:
-            first.meta["zoom"] = 1.0
-            return first
-        found = self._segment_resized(array, zoomed_size(self.config.input_size, zoom), overlap, on_tile, batch_size)
-        found.meta["zoom"] = zoom
-        return found
-
-    def _segment_resized(self, array: np.ndarray, size: Tuple[int, int], overlap: int,
-                         on_tile: Optional[TileCallback], batch_size: Optional[int] = None) -> Instances:
-        """``array`` converted to 8-bit as a whole, resized to ``size`` ``(H, W)``, segmented
-        in input-size tiles and mapped back to its own size."""
-        image = to_uint8(array, self.config.normalization)
-        shrink = size[0] * size[1] < image.shape[0] * image.shape[1]
-        resized = cv2.resize(image, (size[1], size[0]), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
-        found = predict_tiled_batches(resized, self._predict_uint8_tiles, min(self.config.input_size), overlap, on_tile,
-                                      self._tile_batch(batch_size))
-        return found[: self.config.max_detections].resized(image.shape[:2])  # the limit is per image, not per tile
-
-    def predict_batch(self, images: Sequence[ImageInput], tile: Optional[int] = None, overlap: int = 64,
-                      batch_size: int = 8, progress: bool = False) -> List[Instances]:
-        """Segment several images; results in input order. Up to ``batch_size`` images
-        (those not tiled, zoomed or scaled) go through the pipeline together, and the tiles of
-        each tiled one ``batch_size`` at a time."""
-        if batch_size < 1:
-            raise ValueError(f"batch_size={batch_size}; expected >= 1")
-        results: List[Optional[Instances]] = [None] * len(images)
-        bar = tqdm(total=len(images), desc="segmenting", unit="img", disable=not progress)
-        for start in range(0, len(images), batch_size):
-            arrays = [self._load(image) for image in images[start : start + batch_size]]
-            whole = []
-            for offset, array in enumerate(arrays):
-                if tile is not None or max(array.shape[:2]) > self.auto_tile_above or self._always_zooms():
-                    results[start + offset] = self.predict(array, tile, overlap, batch_size=batch_size)
-                else:
-                    whole.append(offset)
-            if whole:
-                prepared = [self.stage_timer("preprocess", self._prepare, arrays[i]) for i in whole]
-                found = self._run(torch.cat([p[0] for p in prepared]), [p[1] for p in prepared])
-                for offset, instances in zip(whole, found):
-                    results[start + offset] = self._finish(self._zoom(arrays[offset], instances, overlap))
-            bar.update(len(arrays))
-        bar.close()
-        return results  # type: ignore[return-value]
 
     def calibrate(self, images: Sequence[ImageInput]) -> "Predictor":
         """Set ``precision="int8"``'s activation ranges from ``images`` (paths or arrays;
@@ -272,20 +272,10 @@ class Predictor:
     def _prepare(self, image: ImageInput) -> Tuple[torch.Tensor, Tuple[int, int]]:
         return preprocess(self._load(image), self.config.input_size, self.config.normalization)
 
-    def _predict_array(self, array: np.ndarray) -> Instances:
-        return self._infer(*self.stage_timer("preprocess", self._prepare, array))
-
     def _tile_batch(self, batch_size: Optional[int]) -> int:
         if batch_size is not None and batch_size < 1:
             raise ValueError(f"batch_size={batch_size}; expected >= 1 (or None: 1 on a CPU, {GPU_TILE_BATCH} on a GPU)")
         return batch_size or (GPU_TILE_BATCH if self.device.type == "cuda" else 1)
-
-    def _predict_uint8_tiles(self, tiles: List[np.ndarray]) -> List[Instances]:
-        """:meth:`_predict_uint8` of several tiles of one size, through the pipeline as one batch."""
-        if len(tiles) == 1:
-            return [self._predict_uint8(tiles[0])]
-        prepared = [self.stage_timer("preprocess", preprocess, t, self.config.input_size, ALREADY_8BIT) for t in tiles]
-        return self._run(torch.cat([p[0] for p in prepared]), [p[1] for p in prepared])
 
     def _predict_uint8(self, tile: np.ndarray) -> Instances:
         """Segment a tile of an image already converted to 8-bit as a whole (so that every

@@ -215,7 +215,7 @@ def predict_tiled_batches(image: np.ndarray, predict_tiles: Callable[[List[np.nd
     found: List[Instances] = []
     for start in range(0, len(windows), batch_size):
         batch = windows[start : start + batch_size]
-        found += predict_tiles([_padded(image[w[0] : w[2], w[1] : w[3]], tile) for w in batch])
+        found += predict_tiles([pad_to_tile(image[w[0] : w[2], w[1] : w[3]], tile) for w in batch])
         for done in range(start + 1, start + len(batch) + 1):
             if on_tile is not None:
                 on_tile(done, len(windows))
@@ -248,7 +248,7 @@ def as_instances(cells: Sequence[Candidate], image_size: Tuple[int, int]) -> Ins
                      np.array([c.label for c in kept]))
 
 
-def _padded(window: np.ndarray, tile: int) -> np.ndarray:
+def pad_to_tile(window: np.ndarray, tile: int) -> np.ndarray:
     """``window`` padded at the bottom and right to ``tile x tile`` with its median (per
     channel): an image smaller than a tile is segmented at native resolution too."""
     pad_y, pad_x = tile - window.shape[0], tile - window.shape[1]

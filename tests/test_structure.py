@@ -139,7 +139,7 @@ def test_export_formats_drive_the_cli_and_the_checks(models, tmp_path):
 #: never from above (keyed by the first part of the module name below ``ancis_fast``)
 LAYERS = (
     ("ops", "models", "masks", "instances", "boxes"),
-    ("config", "zoom", "pipeline", "tiling", "io", "data", "streaming", "background"),
+    ("config", "zoom", "pipeline", "tiling", "views", "io", "data", "streaming", "background"),
     ("backends",),
     ("predictor",),
     ("cli", "export", "export_cli", "distributed", "distributed_stitch", "evaluate", "train", "napari", "__main__"),
