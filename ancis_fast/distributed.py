@@ -10,7 +10,8 @@ level, or a TIFF read through tifffile's zarr store; gray or colour, 8/16-bit):
    so every block has the same contrast, as :meth:`Predictor.predict`'s tiling does;
 2. the image is cut into windows of ``block + overlap`` px laid out by
    :func:`ancis_fast.tiling.tile_starts` (stride ``block``); each worker reads its window
-   from the file itself and segments it with ``predict(window, tile=..., overlap=...)``,
+   from the file itself and segments it with ``predict(window, tile=..., overlap=...)``
+   (the window's tiles are its views, :mod:`ancis_fast.views`, batched as on one machine),
    and saves the cells to ``<out>/<name>.blocks/`` (reused by ``resume``);
 3. the windows are stitched on the workers by :func:`ancis_fast.tiling.stitch`'s rules
    (each cell taken from the window where it lies farthest from the inner edges, once; no

@@ -1,9 +1,13 @@
 """`Predictor`: the one entry point for segmenting cells in images.
 
-It loads images, and decides how an image is segmented (whole, zoomed, scaled to a diameter,
-in tiles), in batches or as a stream; the pipelines (:mod:`ancis_fast.pipeline`) turn network
-inputs into :class:`~ancis_fast.Instances`, with the modules the backend registry
-(:mod:`ancis_fast.backends`) prepares. Settings: :class:`~ancis_fast.config.PredictorConfig`.
+It loads images and segments them in one loop, one image or many: it plans each image's
+*views* (:mod:`ancis_fast.views`: the whole image, native tiles, zoomed or diameter-scaled
+tiles), sends all views through the pipeline in batches, and merges each image's views with
+the stitcher; ``zoom="auto"`` plans the crowded images again, zoomed, as a second round.
+Live frames go through :meth:`Predictor.stream` instead. The pipelines
+(:mod:`ancis_fast.pipeline`) turn network inputs into :class:`~ancis_fast.Instances`, with the
+modules the backend registry (:mod:`ancis_fast.backends`) prepares. Settings:
+:class:`~ancis_fast.config.PredictorConfig`.
 """
 from __future__ import annotations
 
@@ -24,7 +28,7 @@ from .io.readers import load_image
 from .models import build_detector, build_segmenter, default_weights, load_weights
 from .models.weights import WeightsSource
 from .pipeline.fast import FastPipeline
-from .pipeline.preprocess import Normalization, preprocess, to_uint8
+from .pipeline.preprocess import Normalization, preprocess
 from .pipeline.reference import ReferencePipeline
 from .pipeline.stages import STAGES, StageTimer, untimed
 from .streaming import FrameStream
@@ -161,9 +165,11 @@ class Predictor:
 
     def predict_batch(self, images: Sequence[ImageInput], tile: Optional[int] = None, overlap: int = 64,
                       batch_size: int = 8, progress: bool = False) -> List[Instances]:
-        """Segment several images; results in input order, each equal to :meth:`predict`'s.
-        The views of up to ``batch_size`` images at a time (whole images, tiles; see
-        :mod:`ancis_fast.views`) go through the pipeline ``batch_size`` at a time."""
+        """Segment several images; results in input order. The views of up to ``batch_size``
+        images at a time (whole images, tiles; see :mod:`ancis_fast.views`) go through the
+        pipeline ``batch_size`` at a time, whatever image they belong to; each result is
+        :meth:`predict`'s (with ``batch_size=1`` on a CPU, exactly; batched convolutions may
+        round scores differently by ~1e-7)."""
         if batch_size < 1:
             raise ValueError(f"batch_size={batch_size}; expected >= 1")
         results: List[Instances] = []
