@@ -228,7 +228,7 @@ class Predictor:
     def _segment_views(self, views: List[View], crops: List[np.ndarray]) -> List[Instances]:
         """``crops`` (:meth:`View.cut` of ``views``) through the pipeline as one batch: one
         Instances per view in its crop's pixels."""
-        if len(views) == 1 and not views[0].whole:
+        if len(views) == 1 and not views[0].whole:  # what follows, through the one-tile step tests stand in for
             return [self._predict_uint8(crops[0])]
         prepared = [self.stage_timer("preprocess", preprocess, crop, view.input_size,
                                      self.config.normalization if view.whole else ALREADY_8BIT)
