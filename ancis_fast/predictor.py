@@ -33,12 +33,11 @@ from .pipeline.reference import ReferencePipeline
 from .pipeline.stages import STAGES, StageTimer, untimed
 from .streaming import FrameStream
 from .tiling import TileCallback
-from .views import WHOLE, ImagePlan, View, batches, plan_image, zoomed_plan
+from .views import AUTO_TILE_ABOVE, WHOLE, ImagePlan, View, batches, plan_image, zoomed_plan
 from .zoom import AUTO, auto_zoom
 
 __all__ = ["Predictor", "PredictorConfig", "STAGES"]
 
-AUTO_TILE_ABOVE = 2048  # px; larger images are tiled at native resolution
 GPU_TILE_BATCH = 8  # tiles per pipeline batch on a GPU (predict's default)
 ALREADY_8BIT = Normalization("none")  # tiles of an image converted to 8-bit as a whole
 ImageInput = Union[str, os.PathLike, np.ndarray]

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from .config import PredictorConfig
 
 WHOLE, TILES, SCALED = "whole", "tiles", "scaled"
+AUTO_TILE_ABOVE = 2048  # px; images with a longer side are tiled at native resolution
 Size = Tuple[int, int]  # (H, W)
 
 
@@ -122,7 +123,7 @@ class ImagePlan:
 
 
 def plan_image(image: int, image_size: Size, config: "PredictorConfig", tile: Optional[int] = None,
-               overlap: int = 64, auto_tile_above: int = 2048) -> ImagePlan:
+               overlap: int = 64, auto_tile_above: int = AUTO_TILE_ABOVE) -> ImagePlan:
     """The first round's views of image number ``image`` of ``image_size`` ``(H, W)``.
 
     In order of precedence: ``config.diameter`` scales the image (``tile`` must then be
