@@ -31,7 +31,9 @@ from ancis_fast.napari.settings import PredictorCache  # noqa: E402
 from ancis_fast.napari.widget import ALL_PLANES, CHECKPOINTS, SegmentCellsWidget  # noqa: E402
 from conftest import random_models  # noqa: E402
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+# npe2's fixture: each test gets a plugin manager of its own with discovery blocked, so the
+# installed plugin's commands are never registered twice across the tests' viewers
+pytestmark = pytest.mark.usefixtures("one_thread", "npe2pm")
 ROOT = Path(__file__).resolve().parents[1]
 MANIFEST = ROOT / "ancis_fast" / "napari.yaml"
 WAIT_MS = 180_000  # one prediction takes seconds on a busy 2-core CPU
@@ -84,28 +86,21 @@ def bgr(rgb):
 
 # ------------------------------------------------------------------ manifest
 
-def test_manifest_registers_the_widget_and_the_samples(make_napari_viewer):
+def test_manifest_registers_the_widget_and_the_samples(make_napari_viewer, npe2pm):
     npe2 = pytest.importorskip("npe2")
     manifest = npe2.PluginManifest.from_file(MANIFEST)
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     # napari finds the manifest through this entry point, and loads it only when its name is the package's
     assert project["entry-points"]["napari.manifest"] == {manifest.name: "ancis_fast:napari.yaml"}
     assert manifest.name == project["name"]
-    manager = npe2.PluginManager.instance()
-    registered_here = manifest.name not in manager._manifests
-    if registered_here:  # this checkout is not pip-installed with its entry point: register the file
-        manager.register(manifest)
-    try:
-        viewer = make_napari_viewer()
-        layers = viewer.open_sample(manifest.name, "sample")
-        np.testing.assert_array_equal(layers[0].data, read_image(ASSETS / "sample.png"))
-        viewer.open_sample(manifest.name, "dsb2018_nuclei")
-        _, widget = viewer.window.add_plugin_dock_widget(manifest.name, "Segment cells")
-        assert isinstance(widget, SegmentCellsWidget)  # given the viewer (napari passes a proxy of it)
-        assert [widget.layer_box.itemText(i) for i in range(widget.layer_box.count())] == ["sample", "dsb2018_nuclei"]
-    finally:
-        if registered_here:
-            manager.unregister(manifest.name)
+    npe2pm.register(manifest)  # this test's own plugin manager: discovery blocked, nothing left behind
+    viewer = make_napari_viewer()
+    layers = viewer.open_sample(manifest.name, "sample")
+    np.testing.assert_array_equal(layers[0].data, read_image(ASSETS / "sample.png"))
+    viewer.open_sample(manifest.name, "dsb2018_nuclei")
+    _, widget = viewer.window.add_plugin_dock_widget(manifest.name, "Segment cells")
+    assert isinstance(widget, SegmentCellsWidget)  # given the viewer (napari passes a proxy of it)
+    assert [widget.layer_box.itemText(i) for i in range(widget.layer_box.count())] == ["sample", "dsb2018_nuclei"]
 
 
 # ------------------------------------------------------------------ run
