@@ -42,8 +42,8 @@ def median_diameter(labels: np.ndarray) -> float:
     return float(np.median(np.sqrt(4.0 * areas / np.pi))) if len(areas) else 0.0
 
 
-def settings(conf: Sequence[float], best: Sequence[float]) -> List[Setting]:
-    out: List[Setting] = [("default", {}, 0.0), ("zoom=1", {"zoom": 1.0}, 0.0)]
+def settings(conf: Sequence[float], best: Sequence[float], plain: bool = True) -> List[Setting]:
+    out: List[Setting] = [("default", {}, 0.0), ("zoom=1", {"zoom": 1.0}, 0.0)] if plain else []
     out += [(f"conf={t:g}", {"conf_thresh": t}, 0.0) for t in conf]
     out += [(f"best={d:g}", {}, d) for d in best]
     return out
@@ -73,6 +73,7 @@ def main(argv: Sequence[str] = ()) -> int:
     parser.add_argument("--best", type=float, nargs="*", default=[24, 30, 36, 44])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--limit", type=int, help="only the first N images of the split (a quick check)")
+    parser.add_argument("--no-plain", action="store_true", help="skip the default and zoom=1 settings")
     parser.add_argument("--json", help="write every setting's per-class figures here")
     args = parser.parse_args(list(argv) or None)
     torch.set_num_threads(args.threads)
@@ -87,7 +88,7 @@ def main(argv: Sequence[str] = ()) -> int:
 
     results = {}
     print(f"{'setting':<10} {'class':<13} {'DSB':>6} {'F1':>6} {'AP50':>6}  images", flush=True)
-    for setting in settings(args.conf, args.best):
+    for setting in settings(args.conf, args.best, not args.no_plain):
         start = time.perf_counter()
         by_class = measure(samples, classes, predictor_for, setting)
         results[setting[0]] = {**by_class, "seconds": time.perf_counter() - start}
