@@ -120,8 +120,8 @@ class FrameCrops(EpochSource):
 
     def sample(self, index: int) -> Sample:
         rng = np.random.default_rng([self.seed, CROP_STREAM, self.epoch, index])
-        image_class = int(rng.choice(len(self.members), p=self.weights))
-        members = list(self.members.values())[image_class]
+        image_class = list(self.members)[int(rng.choice(len(self.members), p=self.weights))]
+        members = self.members[image_class]
         sample = self.source[members[int(rng.integers(len(members)))]]
         scale = math.exp(rng.uniform(math.log(self.scales[0]), math.log(self.scales[1])))
         height, width = (max(1, round(side * scale)) for side in self.frame)
@@ -132,7 +132,7 @@ class FrameCrops(EpochSource):
         top, left = int(rng.integers(0, height - crop_h + 1)), int(rng.integers(0, width - crop_w + 1))
         image, labels = crop_keeping_centres(image, labels, top, left, crop_h, crop_w)
         if self.looks:
-            image = change_look(image, list(self.members)[image_class], rng)
+            image = change_look(image, image_class, rng)
         return Sample(np.ascontiguousarray(image), labels, f"{sample.name}@{index}")
 
 
