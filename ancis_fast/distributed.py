@@ -48,6 +48,7 @@ from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Seque
 
 import numpy as np
 
+from .config import FIELDS, PredictorConfig
 from .instances import Instances
 from .io.ngff import create_label_image, downsample_chunk, level_chunks, ngff_path, source_levels, source_pixel_size
 from .io.readers import iter_frames
@@ -369,7 +370,7 @@ def image_outputs(out: PathLike, name: str) -> Tuple[Path, Path]:
 
 
 def segment_image(client, path: PathLike, out: PathLike, predictor: Union[PredictorSpec, Mapping[str, Any], None] = None,
-                  *, block: Optional[int] = None, overlap: int = 64, tile: int = 512, tile_overlap: Optional[int] = None,
+                  *, block: Optional[int] = None, overlap: int = 64, tile: Optional[int] = None, tile_overlap: Optional[int] = None,
                   name: Optional[str] = None, resume: bool = False, progress: bool = False,
                   keep_instances: bool = False, ngff: bool = True, background: Optional[str] = None) -> ImageResult:
     """Segment one huge 2-D image on the cluster of ``client`` (see module docstring).
@@ -385,7 +386,7 @@ def segment_image(client, path: PathLike, out: PathLike, predictor: Union[Predic
             whole image (the far edges aside) and no pixel is segmented more often than there.
         overlap: overlap of the windows in px; must exceed the largest cell diameter.
         tile, tile_overlap: each window is segmented with ``predict(window, tile, tile_overlap)``
-            (default ``tile_overlap``: ``overlap``).
+            (default ``tile``: the predictor's ``config.tile_size``; ``tile_overlap``: ``overlap``).
         resume: keep outputs that exist, and windows saved by an earlier, interrupted run.
         ngff: also write the labels as an OME-NGFF label image, ``<out>/<name>_cells.ome.zarr``
             (:mod:`ancis_fast.io.ngff`: a pyramid under ``labels/cells``, which napari and
@@ -416,6 +417,7 @@ def segment_image(client, path: PathLike, out: PathLike, predictor: Union[Predic
         result.ngff = ngff_path(out, name) if ngff else None
         return result
     height, width = source.shape[:2]
+    tile = tile or _tile_size(spec)
     tile_overlap = overlap if tile_overlap is None else tile_overlap
     result.block, label_chunks = _layout(source.chunks, block, tile - tile_overlap)
     try:
@@ -612,6 +614,13 @@ def _normalization(spec: PredictorSpec) -> Normalization:
     return worker_predictor(spec).config.normalization
 
 
+def _tile_size(spec: PredictorSpec) -> int:
+    options = dict(spec.options)
+    if spec.factory is None:
+        return PredictorConfig(**{k: v for k, v in options.items() if k in FIELDS}).tile_size
+    return worker_predictor(spec).config.tile_size
+
+
 def _window_name(window: Tuple[int, int, int, int]) -> str:
     y0, y1, x0, x1 = window
     return f"block_y{y0}-{y1}_x{x0}-{x1}"
@@ -771,7 +780,7 @@ def predict_command(args, predictor_options: Dict[str, Any]) -> int:
         spec = PredictorSpec.of(predictor_options)
         for item in huge:
             done = segment_image(client, item, args.out, spec, overlap=args.overlap,
-                                 tile=args.tile or max(predictor_options.get("input_size", (512, 512))),
+                                 tile=args.tile,
                                  resume=args.resume, progress=not args.quiet, background=args.background)
             failures += [f"{n}: {e}" for n, e in done.failed]
             print(f"{item}: " + (f"{done.blocks} block(s) failed" if done.failed else "already done" if done.already_done

@@ -117,21 +117,38 @@ class Predictor:
         self.segmenter = segmenter.to(self.device).eval()
         #: the images int8's ranges were calibrated on (``None``: the default synthetic ones)
         self.calibration_images: Optional[List[ImageInput]] = _check_calibration(config, calibration)
-        #: the pipeline that turns network inputs into Instances (ReferencePipeline or FastPipeline)
-        self.pipeline = self._build_pipeline(self.calibration_images)
+        #: the pipeline that turns network inputs of ``config.input_size`` into Instances
+        #: (ReferencePipeline or FastPipeline); native tiles of other sizes get their own
+        #: (:meth:`pipeline_for`)
+        self.pipeline = self._build_pipeline(self.config, self.calibration_images)
+        self._tile_pipelines: Dict[Tuple[int, int], Any] = {}
         self.auto_tile_above = AUTO_TILE_ABOVE
         #: ``stage_timer(stage, fn, *args)`` runs each of :data:`STAGES` (``fn(*args)``);
         #: benchmarks replace it to time them (``benchmarks/fps.py``)
         self.stage_timer: StageTimer = untimed
         self._lock = threading.Lock()
 
-    def _build_pipeline(self, calibration: Optional[Sequence[ImageInput]]):
-        detector, segmenter = backends.build(self.backend, self.detector, self.segmenter, self.config, self.device,
+    def _build_pipeline(self, config: PredictorConfig, calibration: Optional[Sequence[ImageInput]]):
+        detector, segmenter = backends.build(self.backend, self.detector, self.segmenter, config, self.device,
                                              calibration)
         if self.backend == "reference":
-            return ReferencePipeline(detector, segmenter, self.config, self.device)
-        return FastPipeline.from_config(detector, segmenter, self.config, self.device,
-                                        backends.static_compiler(self.backend, self.config, self.device))
+            return ReferencePipeline(detector, segmenter, config, self.device)
+        return FastPipeline.from_config(detector, segmenter, config, self.device,
+                                        backends.static_compiler(self.backend, config, self.device))
+
+    def pipeline_for(self, input_size: Tuple[int, int]):
+        """The pipeline for network inputs of ``input_size`` ``(H, W)``: :attr:`pipeline`
+        for ``config.input_size``, else one built on first use (and kept) with the priors of
+        ``config.prior_height`` (else ``config.input_size[0]``), so that a native tile sees
+        nuclei at the pixel size of a whole-image input. Call under ``self._lock``."""
+        input_size = (int(input_size[0]), int(input_size[1]))
+        if input_size == tuple(self.config.input_size):
+            return self.pipeline
+        if input_size not in self._tile_pipelines:
+            config = self.config.with_overrides(input_size=input_size,
+                                                prior_height=self.config.prior_height or self.config.input_size[0])
+            self._tile_pipelines[input_size] = self._build_pipeline(config, self.calibration_images)
+        return self._tile_pipelines[input_size]
 
     @property
     def priors(self) -> torch.Tensor:
@@ -148,7 +165,7 @@ class Predictor:
         used), or scaled as ``config.diameter`` says and segmented in input-size tiles
         (``meta["scale"]``). Images whose longer side exceeds ``auto_tile_above`` (default
         2048 px), or any image when ``tile`` is given, are instead segmented in ``tile x
-        tile`` pieces at native resolution (default: the input size) that overlap by
+        tile`` pieces at native resolution (default: ``config.tile_size``, 1024) that overlap by
         ``overlap`` px (at least the largest cell) and are stitched so that every cell comes
         whole from one tile (see :mod:`ancis_fast.tiling`; :mod:`ancis_fast.views` plans
         these *views* of the image). ``progress`` shows a bar of the tiles; ``on_tile(done,
@@ -227,12 +244,10 @@ class Predictor:
     def _segment_views(self, views: List[View], crops: List[np.ndarray]) -> List[Instances]:
         """``crops`` (:meth:`View.cut` of ``views``) through the pipeline as one batch: one
         Instances per view in its crop's pixels."""
-        if len(views) == 1 and not views[0].whole:  # what follows, through the one-tile step tests stand in for
-            return [self._predict_uint8(crops[0])]
         prepared = [self.stage_timer("preprocess", preprocess, crop, view.input_size,
                                      self.config.normalization if view.whole else ALREADY_8BIT)
                     for view, crop in zip(views, crops)]
-        return self._run(torch.cat([p[0] for p in prepared]), [p[1] for p in prepared])
+        return self._run(torch.cat([p[0] for p in prepared]), [p[1] for p in prepared], views[0].input_size)
 
     def _finish(self, found: Instances) -> Instances:
         """``found`` without the cells whose visible part (after overlaps are resolved, see
@@ -245,9 +260,9 @@ class Predictor:
         a handful typical of the experiment) instead of the default synthetic images.
         Returns the predictor."""
         images = _check_calibration(self.config, images)
-        pipeline = self._build_pipeline(images)
+        pipeline = self._build_pipeline(self.config, images)
         with self._lock:
-            self.pipeline, self.calibration_images = pipeline, images
+            self.pipeline, self.calibration_images, self._tile_pipelines = pipeline, images, {}
         return self
 
     def stream(self, frames: Iterable[ImageInput], max_queue: int = 4, drop_oldest: bool = False) -> FrameStream:
@@ -282,20 +297,18 @@ class Predictor:
             raise ValueError(f"batch_size={batch_size}; expected >= 1 (or None: 1 on a CPU, {GPU_TILE_BATCH} on a GPU)")
         return batch_size or (GPU_TILE_BATCH if self.device.type == "cuda" else 1)
 
-    def _predict_uint8(self, tile: np.ndarray) -> Instances:
-        """Segment a tile of an image already converted to 8-bit as a whole (so that every
-        tile has the same contrast; per tile only the channel layout becomes BGR)."""
-        return self._infer(*self.stage_timer("preprocess", preprocess, tile, self.config.input_size, ALREADY_8BIT))
-
     def _infer(self, batch: torch.Tensor, original_size: Tuple[int, int]) -> Instances:
         return self._run(batch, [original_size])[0]
 
-    def _run(self, batch: torch.Tensor, original_sizes: List[Tuple[int, int]]) -> List[Instances]:
-        """The pipeline on network inputs ``batch [B,3,H,W]``: Instances at ``original_sizes``."""
+    def _run(self, batch: torch.Tensor, original_sizes: List[Tuple[int, int]],
+             input_size: Optional[Tuple[int, int]] = None) -> List[Instances]:
+        """The pipeline for ``input_size`` (default: ``config.input_size``) on network inputs
+        ``batch [B,3,H,W]``: Instances at ``original_sizes``."""
         # One inference at a time: the models are shared, and parallel calls would only
         # oversubscribe the cores. Pre-processing and I/O stay outside the lock.
         with self._lock:
-            return self.pipeline.run(batch.to(self.device, non_blocking=True), original_sizes, self.stage_timer)
+            pipeline = self.pipeline_for(input_size or self.config.input_size)
+            return pipeline.run(batch.to(self.device, non_blocking=True), original_sizes, self.stage_timer)
 
 
 def _check_calibration(config: PredictorConfig,

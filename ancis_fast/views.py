@@ -7,8 +7,9 @@ in batches through one pipeline and merged by one rule (:meth:`ImagePlan.merge`)
 - **whole**: one view, the whole image resized to the network input (spec §1); its cells
   are the image's.
 - **tiles**: the image, converted to 8-bit as a whole (so every tile has the same
-  contrast), cut into ``tile x tile`` windows at native resolution (see
-  :mod:`ancis_fast.tiling`); the windows' cells are stitched.
+  contrast), cut into ``tile x tile`` windows (see :mod:`ancis_fast.tiling`), each the
+  network input as it is (native resolution: a ``tile x tile`` input); the windows'
+  cells are stitched.
 - **scaled**: the 8-bit image resized (``zoom``: so that the network sees it ``zoom`` times
   its input size; ``diameter``: by :func:`~ancis_fast.zoom.diameter_scale`), cut into
   input-size tiles; the tiles' cells are stitched in the resized image and mapped back.
@@ -128,7 +129,7 @@ def plan_image(image: int, image_size: Size, config: "PredictorConfig", tile: Op
 
     In order of precedence: ``config.diameter`` scales the image (``tile`` must then be
     ``None``); ``tile``, or a longer side above ``auto_tile_above``, cuts native ``tile x
-    tile`` tiles (default: the input's longer side) overlapping by ``overlap``; a fixed
+    tile`` tiles (default: ``config.tile_size``) overlapping by ``overlap``; a fixed
     ``config.zoom`` above 1 zooms it; otherwise (zoom 1 or ``"auto"``) it is one whole view."""
     input_size = tuple(config.input_size)
     if config.diameter is not None:
@@ -139,7 +140,7 @@ def plan_image(image: int, image_size: Size, config: "PredictorConfig", tile: Op
         return scaled_plan(image, image_size, scaled_size(image_size, scale), input_size, overlap,
                            {"scale": scale}, config.max_detections)
     if tile is not None or max(image_size) > auto_tile_above:
-        return tiled_plan(image, image_size, tile or max(input_size), overlap, input_size)
+        return tiled_plan(image, image_size, tile or config.tile_size, overlap)
     if config.zoom not in (AUTO, 1.0):
         return zoomed_plan(image, image_size, config.zoom, input_size, overlap, config.max_detections)
     return whole_plan(image, image_size, input_size)
@@ -151,9 +152,10 @@ def whole_plan(image: int, image_size: Size, input_size: Size) -> ImagePlan:
     return ImagePlan(WHOLE, [view], {"zoom": 1.0})
 
 
-def tiled_plan(image: int, image_size: Size, tile: int, overlap: int, input_size: Size) -> ImagePlan:
-    """Native ``tile x tile`` windows overlapping by ``overlap``, row by row."""
-    views = [View(image, image_size, image_size, window, tile, input_size)
+def tiled_plan(image: int, image_size: Size, tile: int, overlap: int) -> ImagePlan:
+    """Native ``tile x tile`` windows overlapping by ``overlap``, row by row, each a
+    ``tile x tile`` network input."""
+    views = [View(image, image_size, image_size, window, tile, (tile, tile))
              for window in tile_windows(*image_size, tile, overlap)]
     return ImagePlan(TILES, views)
 

@@ -17,7 +17,7 @@ SIZE = (128, 128)
 def predictor(models):
     # the release's detection limits: random weights otherwise give hundreds of cells a tile
     return Predictor.from_models(*models, backend="reference", config=PredictorConfig(
-        input_size=SIZE, max_candidates=200, max_detections=500))
+        input_size=SIZE, max_candidates=200, max_detections=500, tile_size=SIZE[0]))
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +101,7 @@ def test_tiled_predict_through_the_predictor(predictor):
         auto = predictor.predict(image)
     finally:
         predictor.auto_tile_above = 2048
-    explicit = predictor.predict(image, tile=128, overlap=64)
+    explicit = predictor.predict(image, tile=predictor.config.tile_size, overlap=64)
     _same(auto, explicit)
 
 

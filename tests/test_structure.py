@@ -52,7 +52,8 @@ def test_cli_options_are_the_config_fields_with_its_defaults_and_choices():
     parser = make_parser()
     args = parser.parse_args(["predict", "x.png", "--out", "out"])
     assert PredictorConfig(**config_overrides(args)) == PredictorConfig()
-    assert set(config_overrides(args)) == set(FIELDS) - {"percentiles", "prior_height", "crop_sizes"}
+    # --tile N gives predict() its tile size, for every image (tile_size: the size of automatic tiles)
+    assert set(config_overrides(args)) == set(FIELDS) - {"percentiles", "prior_height", "crop_sizes", "tile_size"}
     changed = parser.parse_args(["predict", "x.png", "--out", "o", "--seg-thresh", "0.7", "--mode", "exact",
                                  "--zoom", "2", "--input-size", "256x320"])
     assert PredictorConfig(**config_overrides(changed)) == PredictorConfig(seg_thresh=0.7, mode="exact", zoom=2,

@@ -2,6 +2,7 @@
 ones, merging against the tiled path, and the Predictor's one loop over mixed images."""
 import numpy as np
 import pytest
+import torch
 
 import ancis_fast.predictor as predictor_module
 from ancis_fast import Predictor
@@ -43,9 +44,12 @@ def test_a_tiled_image_is_cut_into_native_windows():
     assert plan.kind == TILES and plan.meta == {} and plan.scaled_size == (300, 380)
     assert windows(plan) == grid([0, 96, 172], [0, 96, 192, 252], 128, 300, 380)
     assert all(v.tile == 128 and v.input_size == (128, 128) and v.scale == (1.0, 1.0) for v in plan.views)
-    # above auto_tile_above the input's longer side is the tile (here 256 over 64: 0, 192, 300 - 256 = 44)
-    auto = plan_image(0, (100, 300), CONFIG.with_overrides(input_size=(128, 256)), auto_tile_above=200)
+    # above auto_tile_above the tiles are tile_size square network inputs (here 256 over 64: starts 0,
+    # 192, and the last 300 - 256 = 44), whatever the whole-image input size
+    auto = plan_image(0, (100, 300), CONFIG.with_overrides(input_size=(128, 192), tile_size=256), auto_tile_above=200)
     assert auto.kind == TILES and windows(auto) == [(0, 0, 100, 256), (0, 44, 100, 300)]
+    assert [(v.tile, v.input_size) for v in auto.views] == [(256, (256, 256))] * 2
+    assert PredictorConfig().tile_size == 1024
     # a fixed zoom does not apply to a tiled image; a diameter does
     assert plan_image(0, (3000, 100), CONFIG.with_overrides(zoom=2.0)).kind == TILES
     assert plan_image(0, (3000, 100), CONFIG.with_overrides(zoom="auto", diameter=20.0)).kind == SCALED
@@ -151,17 +155,44 @@ def test_predict_batch_of_mixed_images_equals_predict_of_each(small_models, monk
     small, large, crowded = blob_image(seed=5), blob_image(300, 380, cells=30, seed=3), blob_image(120, 150, seed=6)
     monkeypatch.setattr(predictor_module, "auto_zoom", lambda boxes, size, _: 2.0 if size == (120, 150) else 1.0)
     predictor = Predictor.from_models(*small_models, backend="eager", config=PredictorConfig(
-        input_size=(128, 128), zoom="auto", max_detections=60))
+        input_size=(128, 128), zoom="auto", max_detections=60, tile_size=128))
     predictor.auto_tile_above = 200
     alone = [predictor.predict(image, overlap=32) for image in (small, large, crowded)]
     assert [r.meta.get("zoom") for r in alone] == [1.0, None, 2.0]
     for got, want in zip(predictor.predict_batch([small, large, crowded], overlap=32, batch_size=1), alone):
         _same(got, want)
     run, sizes = predictor._run, []
-    monkeypatch.setattr(predictor, "_run", lambda batch, original: sizes.append(batch.shape[0]) or run(batch, original))
+    monkeypatch.setattr(predictor, "_run", lambda batch, original, size: sizes.append(batch.shape[0]) or run(batch, original, size))
     batched = predictor.predict_batch([small, large, crowded], overlap=32, batch_size=4)
     # first round: 1 + 12 tiles (3 x 4 of 128 over 32) + 1 views; second: the 3 x 3 zoomed tiles
     assert sizes == [4, 4, 4, 2] + [4, 4, 1]
     for got, want in zip(batched, alone):
         assert got.meta == want.meta and got.image_size == want.image_size
         matched_detections(got, want, atol=1e-4)
+
+
+def test_a_native_tile_larger_than_the_input_is_segmented_at_native_resolution(small_models):
+    """Tiles of 256 px with a 128 px whole-image input: each tile is a 256 x 256 network
+    input with the priors of the 128 px model (not shrunk to 128). One such tile of a
+    256 x 256 image equals the whole image through a predictor built for 256 inputs with
+    prior_height 128; a larger image tiles the same way in both."""
+    from ancis_fast.models.priors import make_priors
+
+    predictor = Predictor.from_models(*small_models, backend="eager", config=CONFIG.with_overrides(tile_size=256))
+    explicit = Predictor.from_models(*small_models, backend="eager", config=CONFIG.with_overrides(
+        input_size=(256, 256), prior_height=128))
+    square = blob_image(256, 256, cells=12, seed=8)
+    one_tile = predictor.predict(square, tile=256)
+    assert len(one_tile) > 3
+    whole = explicit.predict(square)
+    assert whole.meta.pop("zoom") == 1.0  # a whole view says its zoom, a tiled one does not
+    _same(one_tile, whole)
+    tile_pipeline = predictor.pipeline_for((256, 256))
+    assert tile_pipeline is not predictor.pipeline and predictor.pipeline_for((256, 256)) is tile_pipeline
+    torch.testing.assert_close(tile_pipeline.priors, make_priors(256, 256, scale_height=128), rtol=0, atol=0)
+    assert predictor.pipeline_for((128, 128)) is predictor.pipeline
+    image = blob_image(300, 380, cells=30, seed=3)
+    tiled = predictor.predict(image, tile=256, overlap=32)
+    _same(tiled, explicit.predict(image, tile=256, overlap=32))
+    predictor.auto_tile_above = 200  # above it, the same tiles come without asking
+    _same(predictor.predict(image, overlap=32), tiled)

@@ -211,7 +211,7 @@ def test_diameter_scales_the_image_and_segments_it_in_input_size_tiles(small_mod
     assert diameter_scale(config.diameter, 128) == scale
     bright = lambda tile: components(np.where(tile[..., 0] > 70, tile[..., 0], 0))  # noqa: E731  the disks
     seen = []
-    monkeypatch.setattr(predictor, "_predict_uint8", lambda tile: seen.append(tile.shape) or bright(tile))
+    monkeypatch.setattr(predictor, "_segment_views", lambda views, crops: [seen.append(c.shape) or bright(c) for c in crops])
     found = predictor.predict(image)
     size = (round(160 * scale), round(200 * scale))
     assert seen == [(128, 128, 3)] * len(tile_windows(*size, 128, 64))

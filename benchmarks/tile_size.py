@@ -1,0 +1,91 @@
+"""Native tile sizes compared: speed, the shift test and accuracy, in one run.
+
+For each tile size, every image of a dataset folder (default: the five 603x1272
+fluorescence images of the DSB 2018 training set the shift test uses) is segmented in
+native tiles, and again moved by ``--shift`` px (padded with its median at the top and
+left) so that the seams fall elsewhere. Printed per tile size:
+
+- seconds per megapixel of the unmoved images (the time of ``predict`` alone);
+- the shift test: each cell's best mask IoU with the other run's cells (both ways), its
+  mean and the share below 0.8;
+- against the truth: F1@0.5 and the DSB score of the unmoved run.
+
+    python benchmarks/tile_size.py DATA [--tiles 512,1024] [--names ID_PREFIX ...]
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Dict, List, Sequence
+
+import numpy as np
+import torch
+
+from ancis_fast import Predictor
+from ancis_fast.evaluate import dsb_scores, mask_iou, matching_stats
+from ancis_fast.io.readers import read_image
+
+#: the five 603x1272 fluorescence images of the DSB 2018 stage-1 training set (its largest
+#: fluorescence ones), by the start of their ids
+WIDE_FLUORESCENCE = ("20b20ab04937", "538b7673d507", "a102535b0e88", "cb4df20a83b2", "f4c4db3df4ff")
+
+
+def shift_agreement(first: np.ndarray, second: np.ndarray) -> np.ndarray:
+    """Each cell's best mask IoU with the other label image's cells, both ways ``[N1 + N2]``."""
+    ious = mask_iou(first, second)
+    return np.concatenate([ious.max(axis=1), ious.max(axis=0)])
+
+
+def measure(predictor: Predictor, images: Sequence[np.ndarray], truths: Sequence[np.ndarray], tile: int,
+            shift: int) -> Dict[str, float]:
+    seconds, pixels, agreement, f1, dsb = 0.0, 0, [], [], []
+    for image, truth in zip(images, truths):
+        started = time.perf_counter()
+        labels = predictor.predict(image, tile=tile).without_overlaps().label_image()
+        seconds += time.perf_counter() - started
+        pixels += image.shape[0] * image.shape[1]
+        moved = np.pad(image, ((shift, 0), (shift, 0)) + ((0, 0),) * (image.ndim - 2), constant_values=np.median(image))
+        moved_labels = predictor.predict(moved, tile=tile).without_overlaps().label_image()[shift:, shift:]
+        agreement.append(shift_agreement(labels, moved_labels))
+        to_truth = mask_iou(labels, truth)
+        f1.append(matching_stats(to_truth, 0.5).f1)
+        dsb.append(dsb_scores(to_truth).mean())
+    agreement = np.concatenate(agreement)
+    return {"tile": tile, "s_per_mpx": seconds / pixels * 1e6, "cells": len(agreement),
+            "mean_iou": float(agreement.mean()), "below_0.8": float((agreement < 0.8).mean()),
+            "f1": float(np.mean(f1)), "dsb": float(np.mean(dsb))}
+
+
+def main(argv: Sequence[str] = ()) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("data", help="dataset folder with images/ and masks/ (label images of the same names)")
+    parser.add_argument("--names", nargs="*", default=list(WIDE_FLUORESCENCE), help="image name prefixes")
+    parser.add_argument("--tiles", default="512,1024", help="tile sizes, comma-separated")
+    parser.add_argument("--shift", type=int, default=256)
+    parser.add_argument("--weights-det")
+    parser.add_argument("--weights-seg")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args(list(argv) or None)
+    torch.set_num_threads(args.threads)
+    root = Path(args.data)
+    paths = [next((root / "images").glob(f"{name}*"), None) for name in args.names]
+    missing = [name for name, path in zip(args.names, paths) if path is None]
+    if missing:
+        parser.error(f"no image in {root / 'images'} starts with {', '.join(missing)}")
+    images = [read_image(path) for path in paths]
+    truths = [read_image(root / "masks" / path.name).astype(np.int32) for path in paths]
+    predictor = Predictor(args.weights_det, args.weights_seg)
+    print(f"{'tile':>5} {'s/Mpx':>7} {'cells':>6} {'mean IoU':>9} {'< 0.8':>7} {'F1@0.5':>7} {'DSB':>6}", flush=True)
+    rows: List[Dict[str, float]] = []
+    for tile in (int(t) for t in args.tiles.split(",")):
+        row = measure(predictor, images, truths, tile, args.shift)
+        rows.append(row)
+        print(f"{tile:>5} {row['s_per_mpx']:7.2f} {row['cells']:>6} {row['mean_iou']:9.3f} {row['below_0.8']:7.1%} "
+              f"{row['f1']:7.3f} {row['dsb']:6.3f}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
