@@ -52,7 +52,7 @@ from .config import FIELDS, PredictorConfig
 from .instances import Instances
 from .io.ngff import create_label_image, downsample_chunk, level_chunks, ngff_path, source_levels, source_pixel_size
 from .io.readers import iter_frames
-from .io.writers import DEFAULT_SAVE, atomic_path, output_paths, write_instances, write_text
+from .io.writers import DEFAULT_SAVE, atomic_path, output_paths, write_instances
 from .pipeline.preprocess import Normalization, _scale_to_uint8, to_bgr8, to_uint8, validate_image
 from .background import BACKGROUNDS, assemble, thumbnail_piece, tissue_mask, view_factor, windows_with_tissue
 from .distributed_stitch import (chunk_cells, load_cells, number_window, paint_chunk, resolve_group, seam_groups,

@@ -40,7 +40,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -199,26 +199,13 @@ def predict_tiled(image: np.ndarray, predict_tile: Callable[[np.ndarray], Instan
         Instances in image pixels, sorted by descending score; cells without a mask pixel
         are left out.
     """
-    return predict_tiled_batches(image, lambda tiles: [predict_tile(t) for t in tiles], tile, overlap, on_tile)
-
-
-def predict_tiled_batches(image: np.ndarray, predict_tiles: Callable[[List[np.ndarray]], List[Instances]],
-                          tile: int = 512, overlap: int = 64, on_tile: Optional[TileCallback] = None,
-                          batch_size: int = 1) -> Instances:
-    """:func:`predict_tiled` with up to ``batch_size`` tiles at a time: ``predict_tiles``
-    segments a list of ``tile x tile`` arrays (one Instances each, in tile pixels), so
-    that a GPU gets full batches; the stitching is the same."""
-    if batch_size < 1:
-        raise ValueError(f"batch_size={batch_size}; expected >= 1")
     height, width = image.shape[:2]
     windows = tile_windows(height, width, tile, overlap)
     found: List[Instances] = []
-    for start in range(0, len(windows), batch_size):
-        batch = windows[start : start + batch_size]
-        found += predict_tiles([pad_to_tile(image[w[0] : w[2], w[1] : w[3]], tile) for w in batch])
-        for done in range(start + 1, start + len(batch) + 1):
-            if on_tile is not None:
-                on_tile(done, len(windows))
+    for done, (y0, x0, y1, x1) in enumerate(windows, start=1):
+        found.append(predict_tile(pad_to_tile(image[y0:y1, x0:x1], tile)))
+        if on_tile is not None:
+            on_tile(done, len(windows))
     return stitch(found, windows, (height, width))
 
 

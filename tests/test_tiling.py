@@ -257,23 +257,6 @@ def test_seams_do_not_change_the_cells_of_real_images():
     assert row["mean_iou"] >= 0.95 and row["below_0.8"] <= 0.035, row
 
 
-def test_tiles_in_batches_give_the_same_cells():
-    """The exact stand-in sees the tiles in lists of up to 3 (4 x 5 tiles: six of 3, one
-    of 2), and the stitched result is the same as one tile at a time."""
-    from ancis_fast.tiling import predict_tiled_batches
-
-    image = disks_image(700, 900, 8)
-    sizes = []
-    batched = predict_tiled_batches(image, lambda tiles: sizes.append(len(tiles)) or [components(t) for t in tiles],
-                                    tile=256, overlap=64, batch_size=3)
-    single = predict_tiled(image, components, tile=256, overlap=64)
-    assert sizes == [3] * 6 + [2]
-    np.testing.assert_array_equal(batched.label_image(), single.label_image())
-    np.testing.assert_array_equal(batched.scores, single.scores)
-    with pytest.raises(ValueError, match="batch_size"):
-        predict_tiled_batches(image, lambda tiles: [], batch_size=0)
-
-
 def test_predictor_runs_tiles_in_batches_with_the_same_result(monkeypatch):
     """predict(tile=..., batch_size=4) sends the network 4 tiles at a time; the cells equal
     one tile at a time (CPU's default) up to float rounding of batched convolutions
