@@ -126,7 +126,7 @@ class Predictor:
         #: ``stage_timer(stage, fn, *args)`` runs each of :data:`STAGES` (``fn(*args)``);
         #: benchmarks replace it to time them (``benchmarks/fps.py``)
         self.stage_timer: StageTimer = untimed
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
 
     def _build_pipeline(self, config: PredictorConfig, calibration: Optional[Sequence[ImageInput]]):
         detector, segmenter = backends.build(self.backend, self.detector, self.segmenter, config, self.device,
@@ -140,15 +140,25 @@ class Predictor:
         """The pipeline for network inputs of ``input_size`` ``(H, W)``: :attr:`pipeline`
         for ``config.input_size``, else one built on first use (and kept) with the priors of
         ``config.prior_height`` (else ``config.input_size[0]``), so that a native tile sees
-        nuclei at the pixel size of a whole-image input. Call under ``self._lock``."""
+        nuclei at the pixel size of a whole-image input. A larger input's detection limits
+        (``max_candidates``, ``max_detections``) grow with its area: a 1024 px tile may hold
+        four times the cells of a 512 px input."""
         input_size = (int(input_size[0]), int(input_size[1]))
         if input_size == tuple(self.config.input_size):
             return self.pipeline
-        if input_size not in self._tile_pipelines:
-            config = self.config.with_overrides(input_size=input_size,
-                                                prior_height=self.config.prior_height or self.config.input_size[0])
-            self._tile_pipelines[input_size] = self._build_pipeline(config, self.calibration_images)
-        return self._tile_pipelines[input_size]
+        with self._lock:
+            if input_size not in self._tile_pipelines:
+                self._tile_pipelines[input_size] = self._build_pipeline(self._tile_config(input_size),
+                                                                        self.calibration_images)
+            return self._tile_pipelines[input_size]
+
+    def _tile_config(self, input_size: Tuple[int, int]) -> PredictorConfig:
+        config = self.config
+        area = max(1.0, input_size[0] * input_size[1] / (config.input_size[0] * config.input_size[1]))
+        return config.with_overrides(
+            input_size=input_size, prior_height=config.prior_height or config.input_size[0],
+            max_detections=round(config.max_detections * area),
+            max_candidates=None if config.max_candidates is None else round(config.max_candidates * area))
 
     @property
     def priors(self) -> torch.Tensor:

@@ -8,7 +8,7 @@ import ancis_fast.predictor as predictor_module
 from ancis_fast import Predictor
 from ancis_fast.pipeline.preprocess import Normalization, to_uint8
 from ancis_fast.predictor import PredictorConfig
-from ancis_fast.tiling import predict_tiled
+from ancis_fast.tiling import predict_tiled, stitch
 from ancis_fast.views import SCALED, TILES, WHOLE, View, batches, plan_image, zoomed_plan
 from ancis_fast.zoom import BEST_DIAMETER
 from conftest import blob_image, matched_detections, random_models
@@ -173,22 +173,25 @@ def test_predict_batch_of_mixed_images_equals_predict_of_each(small_models, monk
 
 def test_a_native_tile_larger_than_the_input_is_segmented_at_native_resolution(small_models):
     """Tiles of 256 px with a 128 px whole-image input: each tile is a 256 x 256 network
-    input with the priors of the 128 px model (not shrunk to 128). One such tile of a
-    256 x 256 image equals the whole image through a predictor built for 256 inputs with
-    prior_height 128; a larger image tiles the same way in both."""
+    input with the priors of the 128 px model (not shrunk to 128) and four times its
+    detection limit. One such tile of a 256 x 256 image equals the whole image through a
+    predictor built for 256 inputs with prior_height 128 (and that limit); a larger image
+    tiles the same way in both."""
     from ancis_fast.models.priors import make_priors
 
     predictor = Predictor.from_models(*small_models, backend="eager", config=CONFIG.with_overrides(tile_size=256))
     explicit = Predictor.from_models(*small_models, backend="eager", config=CONFIG.with_overrides(
-        input_size=(256, 256), prior_height=128))
+        input_size=(256, 256), prior_height=128, max_detections=4 * 40))
     square = blob_image(256, 256, cells=12, seed=8)
     one_tile = predictor.predict(square, tile=256)
     assert len(one_tile) > 3
     whole = explicit.predict(square)
     assert whole.meta.pop("zoom") == 1.0  # a whole view says its zoom, a tiled one does not
+    whole = stitch([whole], [(0, 0, 256, 256)], (256, 256))  # a tile's cells are stitched (duplicates go)
     _same(one_tile, whole)
     tile_pipeline = predictor.pipeline_for((256, 256))
     assert tile_pipeline is not predictor.pipeline and predictor.pipeline_for((256, 256)) is tile_pipeline
+    assert (tile_pipeline.max_det, predictor.pipeline.max_det) == (4 * 40, 40)  # limits grow with the area
     torch.testing.assert_close(tile_pipeline.priors, make_priors(256, 256, scale_height=128), rtol=0, atol=0)
     assert predictor.pipeline_for((128, 128)) is predictor.pipeline
     image = blob_image(300, 380, cells=30, seed=3)
