@@ -74,8 +74,9 @@ def add_model_arguments(parser: argparse.ArgumentParser, inference: bool = True)
         return
     parser.add_argument("--zoom", default=DEFAULTS.zoom, type=_zoom, metavar="auto|Z",
                         help="segment images Z times enlarged (1-4), in input-size tiles, for crowded small "
-                             "nuclei; auto (default): 1.875 for images whose detections are crowded, else 1 "
-                             "(the spec's plain resize)")
+                             "nuclei; auto (default): the spec's plain resize, then again scaled when the nuclei "
+                             "found came out under half or over twice the best size (never beyond native "
+                             "resolution), or 1.875x when they are crowded; 1: the plain resize only")
     parser.add_argument("--diameter", type=float, default=None, metavar="D",
                         help="typical nucleus diameter in image px: the image is scaled so that nuclei reach "
                              "the size the model segments best (instead of --zoom)")

@@ -61,9 +61,10 @@ class PredictorConfig:
     holds (its 200 candidates include several per nucleus); ``max_candidates=200,
     max_detections=500`` reproduces it.
 
-    ``zoom``: ``"auto"`` (default) or a factor from 1 to 4 by which images are enlarged
-    (beyond the spec's resize to ``input_size``) and segmented in input-size tiles, for
-    crowded small nuclei; 1 is the spec's behaviour. See :mod:`ancis_fast.zoom`.
+    ``zoom``: ``"auto"`` (default: the spec's resize to ``input_size``, then, when the cells
+    found ask for it, the image again scaled or zoomed; see :mod:`ancis_fast.zoom`) or a
+    factor from 1 to 4 by which images are enlarged beyond the spec's resize and segmented
+    in input-size tiles, for crowded small nuclei; 1 is the spec's behaviour.
 
     ``diameter`` (image px, ``None``: unknown): the typical nucleus diameter; the image is
     scaled so that nuclei reach the size the model segments best and is segmented in

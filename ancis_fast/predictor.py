@@ -3,7 +3,8 @@
 It loads images and segments them in one loop, one image or many: it plans each image's
 *views* (:mod:`ancis_fast.views`: the whole image, native tiles, zoomed or diameter-scaled
 tiles), sends all views through the pipeline in batches, and merges each image's views with
-the stitcher; ``zoom="auto"`` plans the crowded images again, zoomed, as a second round.
+the stitcher; ``zoom="auto"`` plans the images whose cells ask for it again, scaled or
+zoomed, as a second round.
 Live frames go through :meth:`Predictor.stream` instead. The pipelines
 (:mod:`ancis_fast.pipeline`) turn network inputs into :class:`~ancis_fast.Instances`, with the
 modules the backend registry (:mod:`ancis_fast.backends`) prepares. Settings:
@@ -33,8 +34,8 @@ from .pipeline.reference import ReferencePipeline
 from .pipeline.stages import STAGES, StageTimer, untimed
 from .streaming import FrameStream
 from .tiling import TileCallback
-from .views import AUTO_TILE_ABOVE, WHOLE, ImagePlan, View, batches, plan_image, zoomed_plan
-from .zoom import AUTO, auto_zoom
+from .views import AUTO_TILE_ABOVE, WHOLE, ImagePlan, View, batches, plan_image, scaled_plan, zoomed_plan
+from .zoom import AUTO, auto_scale, auto_zoom, scaled_size
 
 __all__ = ["Predictor", "PredictorConfig", "STAGES"]
 
@@ -170,9 +171,11 @@ class Predictor:
                 on_tile: Optional[TileCallback] = None) -> Instances:
         """Segment one image (path or array); see :class:`~ancis_fast.Instances`.
 
-        The image is resized to the input size (spec §1), or enlarged further and segmented
-        in tiles as ``config.zoom`` says (``meta["zoom"]`` of the result gives the factor
-        used), or scaled as ``config.diameter`` says and segmented in input-size tiles
+        The image is resized to the input size (spec §1; ``meta["zoom"]`` 1) and, with
+        ``zoom="auto"``, segmented again when the cells found ask for it: scaled when their
+        size is far from the best (``meta["scale"]``), zoomed when they are crowded
+        (``meta["zoom"]``); see :mod:`ancis_fast.zoom`. Or it is enlarged and segmented in
+        tiles as a fixed ``config.zoom`` says (``meta["zoom"]``), or scaled as ``config.diameter`` says and segmented in input-size tiles
         (``meta["scale"]``). Images whose longer side exceeds ``auto_tile_above`` (default
         2048 px), or any image when ``tile`` is given, are instead segmented in ``tile x
         tile`` pieces at native resolution (default: ``config.tile_size``, 1024) that overlap by
@@ -210,23 +213,31 @@ class Predictor:
     def _segment_images(self, arrays: List[np.ndarray], tile: Optional[int], overlap: int, batch_size: int,
                         on_tile: Optional[TileCallback] = None) -> List[Instances]:
         """The one loop: plan the views of ``arrays``, segment them in batches, merge each
-        image's; ``zoom="auto"`` plans the whole images whose cells are crowded again, zoomed."""
+        image's; ``zoom="auto"`` plans the whole images whose cells ask for it again, scaled or
+        zoomed."""
         plans = [plan_image(i, array.shape[:2], self.config, tile, overlap, self.auto_tile_above)
                  for i, array in enumerate(arrays)]
         results = self._segment_plans(plans, arrays, batch_size, on_tile)
-        zoomed = [plan for plan in (self._zoomed_plan(p, found, overlap) for p, found in zip(plans, results)) if plan]
-        for plan, found in zip(zoomed, self._segment_plans(zoomed, arrays, batch_size, on_tile)):
+        second = [plan for plan in (self._second_plan(p, found, overlap) for p, found in zip(plans, results)) if plan]
+        for plan, found in zip(second, self._segment_plans(second, arrays, batch_size, on_tile)):
             results[plan.image] = found
         return [self._finish(found) for found in results]
 
-    def _zoomed_plan(self, plan: ImagePlan, found: Instances, overlap: int) -> Optional[ImagePlan]:
-        """The second round of ``zoom="auto"``: a whole image whose cells ``found`` are
-        crowded (:func:`~ancis_fast.zoom.auto_zoom`) planned zoomed, else ``None``."""
+    def _second_plan(self, plan: ImagePlan, found: Instances, overlap: int) -> Optional[ImagePlan]:
+        """The second round of ``zoom="auto"`` for a whole image whose cells ``found`` ask
+        for it: scaled when their size is far from the best
+        (:func:`~ancis_fast.zoom.auto_scale`), else zoomed when they are crowded
+        (:func:`~ancis_fast.zoom.auto_zoom`); ``None``: the first round stands."""
         if plan.kind != WHOLE or self.config.zoom != AUTO:
             return None
-        zoom = auto_zoom(found.boxes, found.image_size, self.config.input_size)
-        return None if zoom == 1.0 else zoomed_plan(plan.image, plan.image_size, zoom, self.config.input_size,
-                                                    overlap, self.config.max_detections)
+        config = self.config
+        scale = auto_scale(found.areas, found.image_size, config.input_size, config.prior_height)
+        if scale is not None:
+            return scaled_plan(plan.image, plan.image_size, scaled_size(plan.image_size, scale), config.input_size,
+                               overlap, {"scale": scale}, config.max_detections)
+        zoom = auto_zoom(found.boxes, found.image_size, config.input_size)
+        return None if zoom == 1.0 else zoomed_plan(plan.image, plan.image_size, zoom, config.input_size,
+                                                    overlap, config.max_detections)
 
     def _segment_plans(self, plans: List[ImagePlan], arrays: List[np.ndarray], batch_size: int,
                        on_tile: Optional[TileCallback]) -> List[Instances]:

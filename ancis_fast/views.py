@@ -15,8 +15,9 @@ in batches through one pipeline and merged by one rule (:meth:`ImagePlan.merge`)
   input-size tiles; the tiles' cells are stitched in the resized image and mapped back.
 
 :func:`plan_image` picks one of these from the settings. ``zoom="auto"`` plans the whole
-image first; when its cells are crowded the image is planned again, zoomed
-(:func:`zoomed_plan`), as a second round.
+image first; when its cells' size or crowding asks for it (:mod:`ancis_fast.zoom`) the image
+is planned again, scaled (:func:`scaled_plan`) or zoomed (:func:`zoomed_plan`), as a second
+round.
 """
 from __future__ import annotations
 

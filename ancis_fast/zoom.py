@@ -1,4 +1,4 @@
-"""Zoom: segment crowded small nuclei enlarged (1.875x for ``zoom="auto"``).
+"""Zoom and scale: segment nuclei nearer the size the model segments best.
 
 The detector's finest priors lie on a stride-8 grid of the network input and start at
 20 px (spec §3 at a 512 input). Nuclei closer together than about two cells of that grid
@@ -7,11 +7,21 @@ bundled model finds 65-90 % of them. Enlarging the image so that the network see
 ``zoom`` times its input size, and segmenting that in input-size tiles (the scale the model
 was trained at), recovers them; the cells are then mapped back to the original image.
 
-``zoom="auto"`` (the default) segments the image once as the spec does and zooms only
-when those detections are crowded: at least :data:`AUTO_MIN_CELLS` of them with a median
-nearest-neighbour distance under :data:`AUTO_SPACING` px of network input. Zooming an
-uncrowded image can do harm: in sparse, noisy images enlarged pixel noise looks like tiny
-nuclei to the model (docs/model.md, "Crowded small nuclei", measures both sides).
+``zoom="auto"`` (the default) segments the image once as the spec does, then looks at
+what it found (:func:`auto_scale`, then :func:`auto_zoom`):
+
+- **size**: when the plain resize left the nuclei more than :data:`AUTO_SCALE_BAND` times
+  smaller or larger than :data:`BEST_DIAMETER`, the image is segmented again scaled so that
+  they measure it, but never enlarged beyond native resolution: large images (a 1024²
+  bright-field image's 19 px nuclei shrink to 9.5 px) get their pixels back, large nuclei
+  are shrunk;
+- **crowding**: otherwise, when the detections are crowded (at least
+  :data:`AUTO_MIN_CELLS` of them with a median nearest-neighbour distance under
+  :data:`AUTO_SPACING` px of network input), it is segmented again zoomed :data:`AUTO_ZOOM`.
+
+Enlarging beyond native resolution is left to the crowding rule because it can do harm: in
+sparse, noisy images enlarged pixel noise looks like tiny nuclei to the model
+(docs/model.md, "Nucleus size", measures both sides).
 
 A known nucleus diameter replaces the guess: ``diameter=D`` (image px) scales the image
 by :func:`diameter_scale` so that nuclei measure :data:`BEST_DIAMETER` px at the network's
@@ -19,6 +29,7 @@ native resolution (enlarging or shrinking it), and segments it in input-size til
 """
 from __future__ import annotations
 
+import math
 from typing import Optional, Tuple, Union
 
 import numpy as np
@@ -31,6 +42,10 @@ AUTO_ZOOM = 1.875
 AUTO_MIN_CELLS = 50  # fewer detections are not a crowd
 AUTO_SPACING = 14.0  # px of network input: median centre-to-nearest-centre distance of a crowd
 MAX_ZOOM = 4.0
+# "auto" rescales when the plain resize leaves nuclei more than this factor from BEST_DIAMETER
+# (under 18 or over 72 px at the network), if the scale then changes by at least AUTO_MIN_CHANGE
+AUTO_SCALE_BAND = 2.0
+AUTO_MIN_CHANGE = 1.5
 # nucleus diameter (px of a 512 px network input; priors scale with the input height,
 # spec §3) the bundled model segments best; it was trained on 6-60 px nuclei at a 512
 # input (docs/model.md, "Crowded small nuclei", measures the choice)
@@ -89,6 +104,42 @@ def auto_zoom(boxes: np.ndarray, image_size: Tuple[int, int], input_size: Tuple[
         return 1.0
     to_network = np.array([input_size[0] / image_size[0], input_size[1] / image_size[1]])
     return AUTO_ZOOM if median_spacing(box_centres(boxes) * to_network) < AUTO_SPACING else 1.0
+
+
+def median_diameter(areas: np.ndarray) -> float:
+    """Median equivalent diameter ``sqrt(4 area / pi)`` of the non-zero ``areas`` (px);
+    0 when there are none."""
+    areas = np.asarray(areas, np.float64).reshape(-1)
+    areas = areas[areas > 0]
+    return float(np.median(np.sqrt(4.0 * areas / np.pi))) if len(areas) else 0.0
+
+
+def auto_scale(areas: np.ndarray, image_size: Tuple[int, int], input_size: Tuple[int, int],
+               prior_height: Optional[int] = None) -> Optional[float]:
+    """The scale (network px per image px) ``zoom="auto"`` segments an image again at, from
+    the mask ``areas`` (image px) of the cells its plain pass found; ``None``: keep it.
+
+    ``wanted`` is :func:`diameter_scale` of the cells' median diameter and ``plain`` the
+    plain resize's (geometric mean of ``input_size / image_size``). Nuclei more than
+    :data:`AUTO_SCALE_BAND` times too large (``wanted < plain / band``) get ``wanted``;
+    too small, ``min(wanted, 1)``: enlarged at most to native resolution. The scale is used
+    when it differs from ``plain`` by at least :data:`AUTO_MIN_CHANGE` either way.
+    ``prior_height``: see :func:`diameter_scale` (default: the input height)."""
+    diameter = median_diameter(areas)
+    try:
+        if diameter <= 0 or check_diameter(diameter) is None:
+            return None
+    except ValueError:
+        return None
+    wanted = diameter_scale(diameter, prior_height or input_size[0], image_size, input_size)
+    plain = math.sqrt(input_size[0] * input_size[1] / (image_size[0] * image_size[1]))
+    if wanted < plain / AUTO_SCALE_BAND:
+        scale = wanted
+    elif wanted > plain * AUTO_SCALE_BAND:
+        scale = min(wanted, 1.0)
+    else:
+        return None
+    return scale if abs(math.log(scale / plain)) >= math.log(AUTO_MIN_CHANGE) else None
 
 
 def zoomed_size(input_size: Tuple[int, int], zoom: float) -> Tuple[int, int]:

@@ -38,7 +38,7 @@ def cli_weights(folder) -> list:
             "--backbone", "resnet18", "--input-size", "128", "--quiet"]
 
 
-_REAL_AUTO_ZOOM = predictor_module.auto_zoom
+_REAL_AUTO_ZOOM, _REAL_AUTO_SCALE = predictor_module.auto_zoom, predictor_module.auto_scale
 
 #: the DSB 2018 images (label layout): ../shared beside the clone, as on CI; the
 #: ANCIS_DSB2018 environment variable points elsewhere (e.g. from a git worktree)
@@ -50,12 +50,14 @@ needs_dsb2018 = pytest.mark.skipif(not DSB2018.is_dir(), reason=f"the DSB 2018 i
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_setup(item):
     """Random weights make hundreds of junk detections a few px apart, which zoom="auto"
-    would take for a crowd and segment again enlarged. Tests not marked ``auto_zoom`` run
-    with the rule answering 1 (so each measures what it names at the cost of one pass);
+    would take for a crowd (or for nuclei of the wrong size) and segment again. Tests not
+    marked ``auto_zoom`` run with both rules answering "keep the first pass" (so each
+    measures what it names at the cost of one pass);
     tests/test_zoom.py covers the rule and its path. Set before any fixture, module-scoped
     ones included, is made."""
     marked = item.get_closest_marker("auto_zoom") is not None
     predictor_module.auto_zoom = _REAL_AUTO_ZOOM if marked else (lambda *args: 1.0)
+    predictor_module.auto_scale = _REAL_AUTO_SCALE if marked else (lambda *args: None)
 
 
 @pytest.fixture(scope="module")

@@ -154,6 +154,7 @@ def test_predict_batch_of_mixed_images_equals_predict_of_each(small_models, monk
     (exactly at batch_size 1)."""
     small, large, crowded = blob_image(seed=5), blob_image(300, 380, cells=30, seed=3), blob_image(120, 150, seed=6)
     monkeypatch.setattr(predictor_module, "auto_zoom", lambda boxes, size, _: 2.0 if size == (120, 150) else 1.0)
+    monkeypatch.setattr(predictor_module, "auto_scale", lambda *args: None)
     predictor = Predictor.from_models(*small_models, backend="eager", config=PredictorConfig(
         input_size=(128, 128), zoom="auto", max_detections=60, tile_size=128))
     predictor.auto_tile_above = 200

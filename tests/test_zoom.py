@@ -12,7 +12,8 @@ from ancis_fast.evaluate import Evaluator
 from ancis_fast.instances import Instances
 from ancis_fast.masks import PatchMasks
 from ancis_fast.predictor import PredictorConfig
-from ancis_fast.zoom import AUTO_MIN_CELLS, AUTO_ZOOM, auto_zoom, check_zoom, median_spacing, zoomed_size
+from ancis_fast.zoom import (AUTO_MIN_CELLS, AUTO_ZOOM, BEST_DIAMETER, auto_scale, auto_zoom, check_zoom, median_diameter,
+                             median_spacing, zoomed_size)
 from conftest import blob_image, matched_detections, random_models
 
 pytestmark = pytest.mark.auto_zoom
@@ -54,6 +55,38 @@ def test_auto_zoom_needs_a_crowd_measured_in_network_pixels():
     # 256 px image 12 px become 24 px at the input: not a crowd
     assert auto_zoom(grid_boxes(10, 10, 24.0), (1024, 1024), (512, 512)) == AUTO_ZOOM
     assert auto_zoom(crowded, (256, 256), (512, 512)) == 1.0
+
+
+def test_median_diameter_hand_computed():
+    # areas of disks of diameter 10, 20 and 40 px: the median diameter is 20
+    areas = np.pi / 4 * np.array([10.0, 40.0, 20.0, 0.0]) ** 2  # an empty mask does not count
+    assert median_diameter(areas) == pytest.approx(20.0)
+    assert median_diameter(np.zeros(0)) == 0.0
+
+
+def disk_areas(diameter, count=9):
+    return np.full(count, np.pi / 4 * diameter**2)
+
+
+def test_auto_scale_brings_back_shrunk_nuclei_and_shrinks_large_ones():
+    # 19 px nuclei of a 1024 image: the plain resize halves them to 9.5 px (more than 2x under
+    # 36), so the image is segmented again at native resolution (scale 1, not 36 / 19)
+    assert auto_scale(disk_areas(19.0), (1024, 1024), (512, 512)) == 1.0
+    # 100 px nuclei of a 512 image: shrunk to 36 px (scale 0.36)
+    assert auto_scale(disk_areas(100.0), (512, 512), (512, 512)) == pytest.approx(0.36)
+    # never enlarged beyond native resolution: small nuclei of a 512 image are left to the
+    # crowding rule, and so are those of a 600 image (1.0 changes its plain 0.85 too little)
+    assert auto_scale(disk_areas(8.0), (512, 512), (512, 512)) is None
+    assert auto_scale(disk_areas(8.0), (600, 600), (512, 512)) is None
+    # within the band of the best size: nothing to do
+    assert auto_scale(disk_areas(BEST_DIAMETER), (512, 512), (512, 512)) is None
+    assert auto_scale(disk_areas(60.0), (512, 512), (512, 512)) is None
+    # priors of a 512 input at a 256 input: best is still 36 px (80 px nuclei: 0.45)
+    assert auto_scale(disk_areas(80.0), (256, 256), (256, 256), prior_height=512) == pytest.approx(0.45)
+    assert auto_scale(disk_areas(80.0), (256, 256), (256, 256)) == pytest.approx(0.225)
+    # nothing found, or a size out of range: keep the first pass
+    assert auto_scale(np.zeros(0), (512, 512), (512, 512)) is None
+    assert auto_scale(disk_areas(2.0), (2048, 2048), (512, 512)) is None
 
 
 def test_zoomed_size_of_auto_is_covered_by_two_by_two_tiles():
@@ -126,6 +159,7 @@ def test_predict_batch_zooms_the_images_predict_zooms(small_models, monkeypatch)
     """predict_batch segments the uncrowded images of a batch together and zooms the
     others exactly as predict does (the rule is patched to pick images by size)."""
     monkeypatch.setattr(predictor_module, "auto_zoom", lambda boxes, size, _: 2.0 if size == (160, 200) else 1.0)
+    monkeypatch.setattr(predictor_module, "auto_scale", lambda *args: None)
     images = [blob_image(seed=5), blob_image(seed=6)[:120, :150]]
     predictor = small_predictor(small_models, "auto")
     batch = predictor.predict_batch(images, batch_size=2)
