@@ -48,7 +48,7 @@ AUTO_SCALE_BAND = 2.0
 AUTO_MIN_CHANGE = 1.5
 # nucleus diameter (px of a 512 px network input; priors scale with the input height,
 # spec §3) the bundled model segments best; it was trained on 6-60 px nuclei at a 512
-# input (docs/model.md, "Crowded small nuclei", measures the choice)
+# input (docs/model.md, "Nucleus size", measures the choice)
 BEST_DIAMETER = 36.0
 BEST_DIAMETER_HEIGHT = 512
 MIN_SCALE, MAX_SCALE = 1 / 16, 8.0  # image px -> network px factors a diameter may ask for
@@ -126,10 +126,11 @@ def auto_scale(areas: np.ndarray, image_size: Tuple[int, int], input_size: Tuple
     when it differs from ``plain`` by at least :data:`AUTO_MIN_CHANGE` either way.
     ``prior_height``: see :func:`diameter_scale` (default: the input height)."""
     diameter = median_diameter(areas)
+    if diameter <= 0:
+        return None
     try:
-        if diameter <= 0 or check_diameter(diameter) is None:
-            return None
-    except ValueError:
+        check_diameter(diameter)
+    except ValueError:  # a size no scale in range brings to the best one
         return None
     wanted = diameter_scale(diameter, prior_height or input_size[0], image_size, input_size)
     plain = math.sqrt(input_size[0] * input_size[1] / (image_size[0] * image_size[1]))

@@ -26,13 +26,7 @@ from ancis_fast.data.classes import IMAGE_CLASSES
 from ancis_fast.data.layouts import open_dataset
 from ancis_fast.data.split import select_split
 from ancis_fast.evaluate import Evaluator, ImageResult
-from ancis_fast.zoom import BEST_DIAMETER, check_diameter
-
-
-def median_diameter(areas: np.ndarray) -> float:
-    """Median equivalent diameter ``sqrt(4 area / pi)`` of the non-zero ``areas`` (px; 0: none)."""
-    areas = np.asarray(areas)[np.asarray(areas) > 0]
-    return float(np.median(np.sqrt(4.0 * areas / np.pi))) if len(areas) else 0.0
+from ancis_fast.zoom import BEST_DIAMETER, check_diameter, median_diameter
 
 
 def diameter_setting(diameter: float, best: float) -> Optional[float]:

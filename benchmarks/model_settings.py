@@ -7,10 +7,7 @@ prints DSB score, F1@0.5 and AP@0.5 per image class:
 - ``zoom=1``: never zoom (is the auto-zoom rule still worth it for this model?);
 - ``conf=T``: another detection threshold;
 - ``best=D``: each image given its true nucleus diameter, scaled so that nuclei measure
-  ``D`` px at the network (what ``zoom.BEST_DIAMETER`` would be if set to ``D``);
-- ``estimate=D``: as ``best=D``, with the diameter estimated from the image itself: the
-  median equivalent diameter of the cells a first, plain pass (``zoom=1``) finds (the image
-  keeps that first pass when it finds no cell or the scale is out of range).
+  ``D`` px at the network (what ``zoom.BEST_DIAMETER`` would be if set to ``D``).
 
     python benchmarks/model_settings.py DATA [--weights-det D --weights-seg S] [--json out.json]
 
@@ -22,7 +19,7 @@ import argparse
 import json
 import sys
 import time
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -33,54 +30,32 @@ from ancis_fast.data.layouts import open_dataset
 from ancis_fast.data.split import select_split
 from ancis_fast.evaluate import Evaluator
 from ancis_fast.io.writers import write_text
-from ancis_fast.zoom import BEST_DIAMETER, check_diameter
+from ancis_fast.zoom import BEST_DIAMETER, median_diameter
 
-Setting = Tuple[str, Dict[str, object], float, bool]  # name, overrides, best diameter (0: none), estimated
+Setting = Tuple[str, Dict[str, object], float]  # name, config overrides, best diameter (0: none)
 
 
-def median_diameter(labels: np.ndarray) -> float:
+def label_diameter(labels: np.ndarray) -> float:
     """Median equivalent diameter ``sqrt(4 area / pi)`` of the instances of a label map (px)."""
-    return diameter_of_areas(np.bincount(labels.ravel())[1:])
+    return median_diameter(np.bincount(labels.ravel())[1:])
 
 
-def diameter_of_areas(areas: np.ndarray) -> float:
-    """Median equivalent diameter of the non-zero ``areas`` (px; 0 when there are none)."""
-    areas = areas[areas > 0]
-    return float(np.median(np.sqrt(4.0 * areas / np.pi))) if len(areas) else 0.0
-
-
-def settings(conf: Sequence[float], best: Sequence[float], estimate: Sequence[float] = (),
-             plain: bool = True) -> List[Setting]:
-    out: List[Setting] = [("default", {}, 0.0, False), ("zoom=1", {"zoom": 1.0}, 0.0, False)] if plain else []
-    out += [(f"conf={t:g}", {"conf_thresh": t}, 0.0, False) for t in conf]
-    out += [(f"best={d:g}", {}, d, False) for d in best]
-    out += [(f"estimate={d:g}", {}, d, True) for d in estimate]
+def settings(conf: Sequence[float], best: Sequence[float], plain: bool = True) -> List[Setting]:
+    out: List[Setting] = [("default", {}, 0.0), ("zoom=1", {"zoom": 1.0}, 0.0)] if plain else []
+    out += [(f"conf={t:g}", {"conf_thresh": t}, 0.0) for t in conf]
+    out += [(f"best={d:g}", {}, d) for d in best]
     return out
 
 
-def scaled_diameter(diameter: float, best: float) -> Optional[float]:
-    """The ``diameter`` setting that makes nuclei of ``diameter`` image px measure ``best``
-    px at the network (``diameter_scale`` enlarges by ``BEST_DIAMETER / diameter``), or
-    ``None`` when that is out of range."""
-    try:
-        return check_diameter(diameter * BEST_DIAMETER / best) if diameter > 0 else None
-    except ValueError:
-        return None
-
-
 def measure(samples, classes: Sequence[str], predictor_for, setting: Setting) -> Dict[str, Dict[str, float]]:
-    _, overrides, best, estimated = setting
+    _, overrides, best = setting
     evaluator = Evaluator()
     for sample in samples:
         extra = dict(overrides)
-        found = None
-        if best and estimated:
-            found = predictor_for({"zoom": 1.0}).predict(sample.image)
-            extra["diameter"] = scaled_diameter(diameter_of_areas(found.areas), best)
-        elif best:
-            extra["diameter"] = scaled_diameter(median_diameter(sample.labels), best)
-        if extra.get("diameter", 0) is not None or found is None:
-            found = predictor_for(extra).predict(sample.image)
+        if best:
+            # diameter_scale enlarges by BEST_DIAMETER / diameter: this makes it best / true diameter
+            extra["diameter"] = label_diameter(sample.labels) * BEST_DIAMETER / best
+        found = predictor_for(extra).predict(sample.image)
         evaluator.add_masks(found.masks, found.scores, sample.labels, sample.name)
     return evaluator.summary_by_group(list(classes), IMAGE_CLASSES)
 
@@ -94,7 +69,6 @@ def main(argv: Sequence[str] = ()) -> int:
     parser.add_argument("--backend", default="eager")
     parser.add_argument("--conf", type=float, nargs="*", default=[0.2, 0.4, 0.5])
     parser.add_argument("--best", type=float, nargs="*", default=[24, 30, 36, 44])
-    parser.add_argument("--estimate", type=float, nargs="*", default=[], help="D values for estimate=D")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--limit", type=int, help="only the first N images of the split (a quick check)")
     parser.add_argument("--no-plain", action="store_true", help="skip the default and zoom=1 settings")
@@ -112,7 +86,7 @@ def main(argv: Sequence[str] = ()) -> int:
 
     results = {}
     print(f"{'setting':<10} {'class':<13} {'DSB':>6} {'F1':>6} {'AP50':>6}  images", flush=True)
-    for setting in settings(args.conf, args.best, args.estimate, not args.no_plain):
+    for setting in settings(args.conf, args.best, not args.no_plain):
         start = time.perf_counter()
         by_class = measure(samples, classes, predictor_for, setting)
         results[setting[0]] = {**by_class, "seconds": time.perf_counter() - start}
