@@ -232,13 +232,13 @@ def test_seams_do_not_change_the_cells_of_real_images():
     joins), as ``benchmarks/tile_size.py`` runs it: the five 603x1272 fluorescence images of
     the DSB 2018 training set, each in the default tiles (``Predictor()``, 1024 px at native
     resolution), and moved 256 px (a multiple of every stride of the network) so the seams
-    fall elsewhere. Measured with the bundled weights of 2026-12-06 over the five images'
-    2279 cells: mean best-match IoU 0.957, 3.1 % below 0.8. In 512 px tiles the same gives
-    0.833 and 21.8 %: the detector's self-attention spans its whole input, so a cell's score
+    fall elsewhere. Measured with the bundled weights of 2026-12-06 (round 2) over the five
+    images' 2366 cells: mean best-match IoU 0.962, 2.7 % below 0.8. In 512 px tiles the same
+    gives 0.838 and 21.1 %: the detector's self-attention spans its whole input, so a cell's score
     and mask depend on everything else in its tile, and moving the seams changes every
     tile's content; a 1024 px tile holds enough of each cell's surroundings (the whole 603 px
     height) that they seldom change its answer. Against the truth both tile sizes find the
-    nuclei about as well (F1@0.5 0.727 and 0.737)."""
+    nuclei about as well (F1@0.5 0.746 and 0.747)."""
     import importlib.util
 
     from ancis_fast import Predictor
@@ -254,7 +254,7 @@ def test_seams_do_not_change_the_cells_of_real_images():
     predictor = Predictor()
     row = harness.measure(predictor, images, truths, predictor.config.tile_size, 256)
     assert row["cells"] > 1500
-    assert row["mean_iou"] >= 0.95 and row["below_0.8"] <= 0.035, row
+    assert row["mean_iou"] >= 0.95 and row["below_0.8"] <= 0.03, row
 
 
 def test_predictor_runs_tiles_in_batches_with_the_same_result(monkeypatch):
