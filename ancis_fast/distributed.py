@@ -370,7 +370,8 @@ def image_outputs(out: PathLike, name: str) -> Tuple[Path, Path]:
 
 
 def segment_image(client, path: PathLike, out: PathLike, predictor: Union[PredictorSpec, Mapping[str, Any], None] = None,
-                  *, block: Optional[int] = None, overlap: int = 64, tile: Optional[int] = None, tile_overlap: Optional[int] = None,
+                  *, block: Optional[int] = None, overlap: int = 64, tile: Optional[int] = None,
+                  tile_overlap: Optional[int] = None,
                   name: Optional[str] = None, resume: bool = False, progress: bool = False,
                   keep_instances: bool = False, ngff: bool = True, background: Optional[str] = None) -> ImageResult:
     """Segment one huge 2-D image on the cluster of ``client`` (see module docstring).

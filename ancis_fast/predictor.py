@@ -175,8 +175,9 @@ class Predictor:
         ``zoom="auto"``, segmented again when the cells found ask for it: scaled when their
         size is far from the best (``meta["scale"]``), zoomed when they are crowded
         (``meta["zoom"]``); see :mod:`ancis_fast.zoom`. Or it is enlarged and segmented in
-        tiles as a fixed ``config.zoom`` says (``meta["zoom"]``), or scaled as ``config.diameter`` says and segmented in input-size tiles
-        (``meta["scale"]``). Images whose longer side exceeds ``auto_tile_above`` (default
+        tiles as a fixed ``config.zoom`` says (``meta["zoom"]``), or scaled as
+        ``config.diameter`` says and segmented in input-size tiles (``meta["scale"]``).
+        Images whose longer side exceeds ``auto_tile_above`` (default
         2048 px), or any image when ``tile`` is given, are instead segmented in ``tile x
         tile`` pieces at native resolution (default: ``config.tile_size``, 1024) that overlap by
         ``overlap`` px (at least the largest cell) and are stitched so that every cell comes

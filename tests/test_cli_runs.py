@@ -83,9 +83,9 @@ def test_stale_temp_files_of_a_killed_run_are_removed(tmp_path, weights, capsys)
 
 
 def test_ctrl_c_stops_cleanly_and_resume_goes_on(tmp_path, weights):
-    # enough images (about 10 s of work) that a loaded machine's scheduler cannot let the
+    # enough images (about 30 s of work) that a loaded machine's scheduler cannot let the
     # whole run finish between the first output and the interrupt (30 did, once)
-    count = 60
+    count = 200
     images = tmp_path / "images"
     images.mkdir()
     for i in range(count):
