@@ -6,7 +6,7 @@ import pytest
 from ancis_fast.data.classes import BRIGHTFIELD, FLUORESCENCE, TISSUE
 from ancis_fast.data.sample import Sample, label_extents
 from ancis_fast.train.config import StageConfig
-from ancis_fast.train.data import ConcatSource, FrameCrops, SyntheticSource, validation_size
+from ancis_fast.train.data import ConcatSource, FrameCrops, SyntheticSource, parse_class_weights, validation_size
 from ancis_fast.data.synthetic import SynthConfig
 
 
@@ -69,6 +69,39 @@ def test_classes_are_drawn_by_weight_and_unweighted_ones_never():
     assert 0.4 < tissue_share < 0.6  # 1 image of 10, drawn half the time
     with pytest.raises(ValueError, match="no weight"):
         FrameCrops(source[-1:], (256, 256), (128, 128), classes=[BRIGHTFIELD], class_weights={TISSUE: 1.0})
+
+
+def test_class_weights_are_parsed_and_bad_ones_named():
+    assert parse_class_weights("fluorescence=0.4, tissue=0.4,brightfield=0.2") == {
+        FLUORESCENCE: 0.4, TISSUE: 0.4, BRIGHTFIELD: 0.2}
+    assert parse_class_weights("tissue=2") == {TISSUE: 2.0}
+    for text, message in [("tisue=1", "'tisue=1'.*one of fluorescence"), ("tissue", "expected CLASS=WEIGHT"),
+                          ("tissue=x", "'x' is not a number"), ("tissue=-1", ">= 0"), ("tissue=nan", ">= 0"),
+                          ("tissue=0", "no class a positive weight"), ("", "no class a positive weight")]:
+        with pytest.raises(ValueError, match=message):
+            parse_class_weights(text)
+
+
+def test_the_train_command_draws_crops_by_its_class_weights(tmp_path):
+    import argparse
+    from ancis_fast.data.layouts import write_label_layout
+    from ancis_fast.train import cli as train_cli
+
+    for k in range(4):
+        sample = _square_cells(64, 64, 8, f"img{k}")
+        if k % 2:  # dark cells on a light gray background: bright-field
+            sample = Sample(255 - sample.image, sample.labels, sample.name)
+        write_label_layout(sample, tmp_path / "data")
+    parser = argparse.ArgumentParser()
+    train_cli.register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["train-det", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "o"),
+                              "--input-size", "32", "--class-weights", "fluorescence=1"])
+    config = StageConfig(out_dir=str(tmp_path / "o"), input_size=(32, 32))
+    train, _ = train_cli._sources(args, config)
+    assert isinstance(train, FrameCrops)
+    assert dict(zip(train.members, train.weights.tolist())) == {FLUORESCENCE: 1.0, BRIGHTFIELD: 0.0}
+    with pytest.raises(SystemExit):
+        parser.parse_args(["train-det", "--data", "x", "--out", "o", "--class-weights", "tissue=x"])
 
 
 def test_instances_whose_centre_leaves_the_crop_are_removed():

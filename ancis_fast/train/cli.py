@@ -14,11 +14,21 @@ def _sources(args: argparse.Namespace, config):
     from .data import ConcatSource, parse_source
 
     synth = SynthConfig(size=args.synth_size or tuple(args.input_size), **style_ranges(args, "synth-"))
+    weights = {} if args.class_weights is None else dict(class_weights=args.class_weights)
     parts = [parse_source(spec, synth, args.seed, split=args.split, frame=config.frame_size(),
-                          crop=tuple(config.input_size)) for spec in args.data]
+                          crop=tuple(config.input_size), **weights) for spec in args.data]
     train = parts[0] if len(parts) == 1 else ConcatSource(parts)
     val = parse_source(args.val, synth, args.seed, validation=True, split=args.val_split) if args.val else None
     return train, val
+
+
+def _class_weights(text: str) -> Dict[str, float]:
+    from .data import parse_class_weights
+
+    try:
+        return parse_class_weights(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _common(args: argparse.Namespace) -> Dict[str, Any]:
@@ -131,6 +141,9 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-expand", type=float, default=2.0,
                         help="the augmentation's largest zoom-out (default: 2, the release's; 1 disables it, e.g. "
                              "for dataset folders, whose crops are already at the inference scale)")
+    parser.add_argument("--class-weights", type=_class_weights, metavar="CLASS=W,...",
+                        help="how often crops of dataset folders are drawn from each image class, e.g. "
+                             "fluorescence=0.4,tissue=0.4,brightfield=0.2 (default: 0.5, 0.3, 0.2)")
     parser.add_argument("--synth-size", type=parse_size, help="synthetic image size (default: the input size)")
     add_style_ranges(parser, "synth-")  # of the synth:N data
     parser.add_argument("--quiet", action="store_true", help="no progress bar")

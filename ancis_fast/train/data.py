@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from ..data.augment import AugmentConfig, as_brightfield, as_gray, augment, crop_keeping_centres, resize_pair, stain_jitter
-from ..data.classes import BRIGHTFIELD, FLUORESCENCE, TISSUE
+from ..data.classes import BRIGHTFIELD, FLUORESCENCE, IMAGE_CLASSES, TISSUE
 from ..data.layouts import open_dataset
 from ..data.sample import Sample, boxes_from_labels
 from ..data.split import dataset_classes, select_split
@@ -151,6 +151,27 @@ def change_look(bgr8: np.ndarray, image_class: str, rng: np.random.Generator) ->
     return bgr8
 
 
+def parse_class_weights(text: str) -> Dict[str, float]:
+    """``"fluorescence=0.4,tissue=0.4,brightfield=0.2"`` -> ``{class: weight}`` for
+    :class:`FrameCrops` (classes left out are never drawn; the weights need not sum to 1)."""
+    weights: Dict[str, float] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name, sep, value = item.partition("=")
+        name = name.strip()
+        if not sep or name not in IMAGE_CLASSES:
+            raise ValueError(f"class weight {item!r}: expected CLASS=WEIGHT with CLASS one of {', '.join(IMAGE_CLASSES)}")
+        try:
+            weight = float(value)
+        except ValueError:
+            raise ValueError(f"class weight {item!r}: {value!r} is not a number") from None
+        if not math.isfinite(weight) or weight < 0:
+            raise ValueError(f"class weight {item!r}: expected a finite weight >= 0")
+        weights[name] = weight
+    if sum(weights.values()) <= 0:
+        raise ValueError(f"class weights {text!r} give no class a positive weight")
+    return weights
+
+
 class ConcatSource(Sequence[Sample]):
     """Several sample sources one after the other (e.g. real crops and synthetic images)."""
 
@@ -176,11 +197,13 @@ class ConcatSource(Sequence[Sample]):
 
 
 def parse_source(spec: str, synth: SynthConfig, seed: int, validation: bool = False, split: str = "all",
-                 frame: Optional[Tuple[int, int]] = None, crop: Optional[Tuple[int, int]] = None) -> Sequence[Sample]:
+                 frame: Optional[Tuple[int, int]] = None, crop: Optional[Tuple[int, int]] = None,
+                 class_weights: Mapping[str, float] = CLASS_WEIGHTS) -> Sequence[Sample]:
     """``synth:N`` -> a synthetic source of N samples (fresh every epoch for training, a
     fixed set for validation); anything else is a dataset folder (DSB or label layout),
     restricted to ``split`` (see :mod:`ancis_fast.data.split`). For training, with
-    ``frame`` and ``crop`` given, a folder gives :class:`FrameCrops` of its images."""
+    ``frame`` and ``crop`` given, a folder gives :class:`FrameCrops` of its images, drawn
+    by ``class_weights``."""
     if spec.startswith("synth:"):
         try:
             length = int(spec.split(":", 1)[1])
@@ -192,7 +215,7 @@ def parse_source(spec: str, synth: SynthConfig, seed: int, validation: bool = Fa
         raise ValueError(f"the {split!r} split of {spec!r} holds no images")
     if validation or frame is None or crop is None:
         return images
-    return FrameCrops(images, frame, crop, seed)
+    return FrameCrops(images, frame, crop, seed, class_weights=class_weights)
 
 
 def validation_size(source: Sequence[Sample], input_size: Tuple[int, int], frame: Tuple[int, int]) -> Tuple[int, int]:
