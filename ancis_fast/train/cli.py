@@ -11,12 +11,12 @@ from ..data.cli import add_style_ranges, style_ranges
 def _sources(args: argparse.Namespace, config):
     """Training source (the ``--data`` sources one after the other) and validation source."""
     from ..data.synthetic import SynthConfig
-    from .data import ConcatSource, parse_source
+    from .data import CLASS_WEIGHTS, ConcatSource, parse_source
 
     synth = SynthConfig(size=args.synth_size or tuple(args.input_size), **style_ranges(args, "synth-"))
-    weights = {} if args.class_weights is None else dict(class_weights=args.class_weights)
     parts = [parse_source(spec, synth, args.seed, split=args.split, frame=config.frame_size(),
-                          crop=tuple(config.input_size), **weights) for spec in args.data]
+                          crop=tuple(config.input_size), class_weights=args.class_weights or CLASS_WEIGHTS)
+             for spec in args.data]
     train = parts[0] if len(parts) == 1 else ConcatSource(parts)
     val = parse_source(args.val, synth, args.seed, validation=True, split=args.val_split) if args.val else None
     return train, val
