@@ -91,8 +91,10 @@ REAL_BN="${REAL_BN---freeze-bn}"
 # REAL_CLASS_WEIGHTS: how often each image class is drawn, e.g. fluorescence=0.4,tissue=0.4,brightfield=0.2
 # (default: train.data.CLASS_WEIGHTS, which every bundled round used)
 REAL_WEIGHTS=(${REAL_CLASS_WEIGHTS:+--class-weights "$REAL_CLASS_WEIGHTS"})
+# REAL_PLACEMENT: share of the real crops placed, smaller, on a median-filled canvas (train --placement; default 0)
+REAL_PLACE=(${REAL_PLACEMENT:+--placement "$REAL_PLACEMENT"})
 REAL=(--data "$REAL_DATA" synth:160 --split train --max-expand 1 --device "$REAL_DEVICE" --resume "${REAL_SLICE[@]}"
-      "${REAL_WEIGHTS[@]}" $REAL_BN)
+      "${REAL_WEIGHTS[@]}" "${REAL_PLACE[@]}" $REAL_BN)
 
 real_det() {  # box AP on the validation split at the end (mask scores: eval-real)
   "$PY" -m ancis_fast train-det "${REAL[@]}" --val "$REAL_DATA" --val-split val --out "$WORK/$DET_REAL" \

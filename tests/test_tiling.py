@@ -225,6 +225,34 @@ def test_seams_at_other_places_give_the_same_cells():
     np.testing.assert_array_equal(first > 0, image > 0)
 
 
+def _tile_size_harness():
+    """``benchmarks/tile_size.py`` as a module."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "tile_size.py"
+    spec = importlib.util.spec_from_file_location("tile_size_benchmark", path)
+    harness = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(harness)
+    return harness
+
+
+def test_the_shift_harness_finds_the_seams_of_both_runs_and_the_cells_near_them():
+    harness = _tile_size_harness()
+    # 603 x 1272 in 1024 px tiles overlapping by 64: one row, tiles at x 0-1024 and 248-1272;
+    # moved 256 px (859 x 1528): tiles at x 0-1024 and 504-1528, i.e. 248 and 768 unmoved
+    rows, columns = harness.seam_lines(603, 1272, 1024)
+    assert rows.tolist() == [] and columns.tolist() == [248, 1024]
+    rows, columns = harness.seam_lines(603 + 256, 1272 + 256, 1024, shift=256)
+    assert rows.tolist() == [] and columns.tolist() == [248, 768]
+    labels = np.zeros((603, 1272), np.int32)
+    labels[100:110, 300:311] = 1  # 52 px right of the seam at 248
+    labels[100:110, 500:511] = 2  # 189 px from 248, 257 px from 768
+    labels[300:310, 700:711] = 3  # 57 px left of 768
+    seams = [harness.seam_lines(603, 1272, 1024), harness.seam_lines(859, 1528, 1024, shift=256)]
+    assert harness.near_seams(labels, seams, 64).tolist() == [True, False, True]
+    assert harness.near_seams(labels, seams, 50).tolist() == [False, False, False]
+
+
 @pytest.mark.slow
 @needs_dsb2018
 def test_seams_do_not_change_the_cells_of_real_images():
@@ -239,15 +267,10 @@ def test_seams_do_not_change_the_cells_of_real_images():
     tile's content; a 1024 px tile holds enough of each cell's surroundings (the whole 603 px
     height) that they seldom change its answer. Against the truth both tile sizes find the
     nuclei about as well (F1@0.5 0.746 and 0.747)."""
-    import importlib.util
-
     from ancis_fast import Predictor
     from ancis_fast.io.readers import read_image
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "tile_size.py"
-    spec = importlib.util.spec_from_file_location("tile_size_benchmark", path)
-    harness = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(harness)
+    harness = _tile_size_harness()
     paths = [next((DSB2018 / "images").glob(f"{name}*.png")) for name in harness.WIDE_FLUORESCENCE]
     images = [read_image(p) for p in paths]
     truths = [read_image(DSB2018 / "masks" / p.name).astype(np.int32) for p in paths]

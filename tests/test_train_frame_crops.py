@@ -120,6 +120,54 @@ def test_instances_whose_centre_leaves_the_crop_are_removed():
     assert tops == set(range(6))
 
 
+def test_placed_crops_are_smaller_pieces_on_a_canvas_of_their_median():
+    yy, xx = np.mgrid[0:100, 0:100]
+    image = np.dstack([yy, xx, np.full_like(yy, 30)]).astype(np.uint8)
+    labels = (yy * 100 + xx + 1).astype(np.int32)  # every pixel its own instance: the labels say where it came from
+    crops = FrameCrops([Sample(image, labels, "ramp")], (100, 100), (80, 80), classes=[FLUORESCENCE],
+                       scales=(1.0, 1.0), looks=False, placement=0.5, length=40)
+    placed_at = set()
+    for i in range(40):
+        sample = crops[i]
+        assert sample.image.shape == (80, 80, 3) and sample.labels.shape == (80, 80)
+        rows, cols = np.flatnonzero(sample.labels.any(axis=1)), np.flatnonzero(sample.labels.any(axis=0))
+        top, left, height, width = rows[0], cols[0], len(rows), len(cols)
+        inside = np.zeros((80, 80), bool)
+        inside[top:top + height, left:left + width] = True
+        piece = sample.labels[inside].reshape(height, width)
+        assert (piece > 0).all() and not sample.labels[~inside].any()
+        y, x = (piece - 1) // 100, (piece - 1) % 100
+        # an unscaled window of the image, its pixels where its labels are
+        assert (y == y[0, 0] + np.arange(height)[:, None]).all()
+        assert (x == x[0, 0] + np.arange(width)[None, :]).all()
+        np.testing.assert_array_equal(sample.image[inside].reshape(height, width, 3), np.dstack([y, x, np.full_like(y, 30)]))
+        if (height, width) == (80, 80):
+            continue  # not placed: a plain crop
+        assert 32 <= height <= 80 and 32 <= width <= 80  # 0.4 to 1 of the crop's side
+        fill = np.median(sample.image[inside].reshape(-1, 3), axis=0).astype(np.uint8)
+        np.testing.assert_array_equal(sample.image[~inside], np.broadcast_to(fill, (int((~inside).sum()), 3)))
+        placed_at.add((top, left))
+    assert 10 <= len(placed_at) <= 30  # about half placed, at random spots
+
+
+def test_the_train_command_passes_placement_and_names_a_bad_share(tmp_path):
+    import argparse
+    from ancis_fast.data.layouts import write_label_layout
+    from ancis_fast.train import cli as train_cli
+
+    write_label_layout(_square_cells(64, 64, 8, "img"), tmp_path / "data")
+    parser = argparse.ArgumentParser()
+    train_cli.register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["train-seg", "--detector", "d.pt", "--data", str(tmp_path / "data"),
+                              "--out", str(tmp_path / "o"), "--input-size", "32", "--placement", "0.3"])
+    train, _ = train_cli._sources(args, StageConfig(out_dir=str(tmp_path / "o"), input_size=(32, 32)))
+    assert isinstance(train, FrameCrops) and train.placement == 0.3
+    with pytest.raises(SystemExit):
+        parser.parse_args(["train-det", "--data", "x", "--out", "o", "--placement", "1.5"])
+    with pytest.raises(ValueError, match="placement"):
+        FrameCrops([_square_cells(64, 64, 8, "img")], (64, 64), (32, 32), classes=[TISSUE], placement=-0.1)
+
+
 def test_concatenated_sources_index_through_and_forward_the_epoch():
     synth = SyntheticSource(3, SynthConfig(size=(32, 32), count=(1, 2)), seed=1)
     crops = FrameCrops([_square_cells(64, 64, 8, "r")], (64, 64), (32, 32), classes=[TISSUE], length=2)

@@ -79,10 +79,18 @@ def expand(image: np.ndarray, labels: np.ndarray, rng: np.random.Generator, max_
     ratio = rng.uniform(1.0, max_ratio)
     out_h, out_w = int(height * ratio), int(width * ratio)
     top, left = int(rng.integers(0, out_h - height + 1)), int(rng.integers(0, out_w - width + 1))
-    canvas = np.empty((out_h, out_w, image.shape[2]), image.dtype)
+    return place_on_canvas(image, labels, (out_h, out_w), top, left)
+
+
+def place_on_canvas(image: np.ndarray, labels: np.ndarray, size: Tuple[int, int], top: int,
+                    left: int) -> Tuple[np.ndarray, np.ndarray]:
+    """``image`` (``HxWxC``) and its label map at ``(top, left)`` of a ``size`` ``(H, W)``
+    canvas filled with the image's per-channel median (labels: background)."""
+    height, width = labels.shape
+    canvas = np.empty((size[0], size[1], image.shape[2]), image.dtype)
     canvas[:] = np.median(image.reshape(-1, image.shape[2]), axis=0)
     canvas[top:top + height, left:left + width] = image
-    label_canvas = np.zeros((out_h, out_w), labels.dtype)
+    label_canvas = np.zeros(size, labels.dtype)
     label_canvas[top:top + height, left:left + width] = labels
     return canvas, label_canvas
 

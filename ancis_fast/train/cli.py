@@ -15,7 +15,8 @@ def _sources(args: argparse.Namespace, config):
 
     synth = SynthConfig(size=args.synth_size or tuple(args.input_size), **style_ranges(args, "synth-"))
     parts = [parse_source(spec, synth, args.seed, split=args.split, frame=config.frame_size(),
-                          crop=tuple(config.input_size), class_weights=args.class_weights or CLASS_WEIGHTS)
+                          crop=tuple(config.input_size), class_weights=args.class_weights or CLASS_WEIGHTS,
+                          placement=args.placement)
              for spec in args.data]
     train = parts[0] if len(parts) == 1 else ConcatSource(parts)
     val = parse_source(args.val, synth, args.seed, validation=True, split=args.val_split) if args.val else None
@@ -29,6 +30,13 @@ def _class_weights(text: str) -> Dict[str, float]:
         return parse_class_weights(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _share(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text} is not a share in [0, 1]")
+    return value
 
 
 def _common(args: argparse.Namespace) -> Dict[str, Any]:
@@ -144,6 +152,9 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--class-weights", type=_class_weights, metavar="CLASS=W,...",
                         help="how often crops of dataset folders are drawn from each image class, e.g. "
                              "fluorescence=0.4,tissue=0.4,brightfield=0.2 (default: 0.5, 0.3, 0.2)")
+    parser.add_argument("--placement", type=_share, default=0.0, metavar="SHARE",
+                        help="share of the crops of dataset folders cut smaller and placed at a random spot of a "
+                             "median-filled canvas, as padded tiles are at inference (default: 0)")
     parser.add_argument("--synth-size", type=parse_size, help="synthetic image size (default: the input size)")
     add_style_ranges(parser, "synth-")  # of the synth:N data
     parser.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -11,7 +11,8 @@ import cv2
 import numpy as np
 import torch
 
-from ..data.augment import AugmentConfig, as_brightfield, as_gray, augment, crop_keeping_centres, resize_pair, stain_jitter
+from ..data.augment import (AugmentConfig, as_brightfield, as_gray, augment, crop_keeping_centres, place_on_canvas,
+                            resize_pair, stain_jitter)
 from ..data.classes import BRIGHTFIELD, FLUORESCENCE, IMAGE_CLASSES, TISSUE
 from ..data.layouts import open_dataset
 from ..data.sample import Sample, boxes_from_labels
@@ -33,6 +34,8 @@ CROP_SCALES: Tuple[float, float] = (0.75, 2.0)
 #: look (gray, inverted: dark nuclei on white, the rarest class), tissue stains jittered and
 #: tissue made gray (nuclei darker than a light background, as in bright-field)
 FLUORESCENCE_AS_BRIGHTFIELD, TISSUE_STAIN_JITTER, TISSUE_AS_GRAY = 0.15, 0.5, 0.15
+#: side of a placed piece (:class:`FrameCrops` ``placement``), as a share of the crop's, uniform
+PLACED_SHARE: Tuple[float, float] = (0.4, 1.0)
 
 
 class EpochSource(Sequence[Sample]):
@@ -88,7 +91,11 @@ class FrameCrops(EpochSource):
     bilinearly to ``s x frame`` with ``s`` log-uniform in ``scales``, and a random ``crop`` ``(H, W)`` window of it;
     instances whose extent centre lies outside the window are removed, as in
     :func:`~ancis_fast.data.augment.random_crop`. With ``looks``, the crop's look then
-    changes now and then to that of a rarer class (:func:`change_look`). Training then needs no zoom-out
+    changes now and then to that of a rarer class (:func:`change_look`). A share
+    ``placement`` of the samples is a smaller piece (each side :data:`PLACED_SHARE` of the
+    crop's) placed at a random spot of a ``crop``-sized canvas filled with its median, as a
+    tile at an image's edge or a moved image is padded at inference, so that the model learns
+    that padding, wherever it lies, changes nothing. Training then needs no zoom-out
     (``max_expand=1``): the scale is already right.
 
     Args:
@@ -102,11 +109,13 @@ class FrameCrops(EpochSource):
     def __init__(self, source: Sequence[Sample], frame: Tuple[int, int], crop: Tuple[int, int], seed: int = 0,
                  classes: Optional[Sequence[str]] = None, length: Optional[int] = None,
                  class_weights: Mapping[str, float] = CLASS_WEIGHTS, scales: Tuple[float, float] = CROP_SCALES,
-                 looks: bool = True):
+                 looks: bool = True, placement: float = 0.0):
         if len(source) == 0:
             raise ValueError("FrameCrops needs at least one image")
         if not 0 < scales[0] <= scales[1]:
             raise ValueError(f"scales={scales}; expected 0 < low <= high")
+        if not 0.0 <= placement <= 1.0:
+            raise ValueError(f"placement={placement}; expected a share in [0, 1]")
         classes = list(classes if classes is not None else getattr(source, "classes", None) or dataset_classes(source))
         self.members = {c: [k for k, d in enumerate(classes) if d == c] for c in dict.fromkeys(classes)}
         weights = np.array([class_weights.get(c, 0.0) for c in self.members], np.float64)
@@ -116,7 +125,7 @@ class FrameCrops(EpochSource):
         self.weights = weights / weights.sum()
         super().__init__(len(source) if length is None else length)
         self.source, self.frame, self.crop, self.seed, self.scales = source, tuple(frame), tuple(crop), seed, scales
-        self.looks = looks
+        self.looks, self.placement = looks, placement
 
     def sample(self, index: int) -> Sample:
         rng = np.random.default_rng([self.seed, CROP_STREAM, self.epoch, index])
@@ -129,10 +138,16 @@ class FrameCrops(EpochSource):
         image = cv2.resize(to_bgr8(sample.image), (width, height), interpolation=cv2.INTER_LINEAR)
         labels = cv2.resize(sample.labels, (width, height), interpolation=cv2.INTER_NEAREST_EXACT)
         crop_h, crop_w = min(self.crop[0], height), min(self.crop[1], width)
+        placed = self.placement > 0 and rng.random() < self.placement  # no draw at 0: older runs replay exactly
+        if placed:
+            crop_h, crop_w = (max(1, round(side * rng.uniform(*PLACED_SHARE))) for side in (crop_h, crop_w))
         top, left = int(rng.integers(0, height - crop_h + 1)), int(rng.integers(0, width - crop_w + 1))
         image, labels = crop_keeping_centres(image, labels, top, left, crop_h, crop_w)
         if self.looks:
             image = change_look(image, image_class, rng)
+        if placed:
+            top, left = (int(rng.integers(0, side - piece + 1)) for side, piece in zip(self.crop, labels.shape))
+            image, labels = place_on_canvas(image, labels, self.crop, top, left)
         return Sample(np.ascontiguousarray(image), labels, f"{sample.name}@{index}")
 
 
@@ -198,12 +213,12 @@ class ConcatSource(Sequence[Sample]):
 
 def parse_source(spec: str, synth: SynthConfig, seed: int, validation: bool = False, split: str = "all",
                  frame: Optional[Tuple[int, int]] = None, crop: Optional[Tuple[int, int]] = None,
-                 class_weights: Mapping[str, float] = CLASS_WEIGHTS) -> Sequence[Sample]:
+                 class_weights: Mapping[str, float] = CLASS_WEIGHTS, placement: float = 0.0) -> Sequence[Sample]:
     """``synth:N`` -> a synthetic source of N samples (fresh every epoch for training, a
     fixed set for validation); anything else is a dataset folder (DSB or label layout),
     restricted to ``split`` (see :mod:`ancis_fast.data.split`). For training, with
     ``frame`` and ``crop`` given, a folder gives :class:`FrameCrops` of its images, drawn
-    by ``class_weights``."""
+    by ``class_weights``, ``placement`` of them placed on a padded canvas."""
     if spec.startswith("synth:"):
         try:
             length = int(spec.split(":", 1)[1])
@@ -215,7 +230,7 @@ def parse_source(spec: str, synth: SynthConfig, seed: int, validation: bool = Fa
         raise ValueError(f"the {split!r} split of {spec!r} holds no images")
     if validation or frame is None or crop is None:
         return images
-    return FrameCrops(images, frame, crop, seed, class_weights=class_weights)
+    return FrameCrops(images, frame, crop, seed, class_weights=class_weights, placement=placement)
 
 
 def validation_size(source: Sequence[Sample], input_size: Tuple[int, int], frame: Tuple[int, int]) -> Tuple[int, int]:
