@@ -12,7 +12,7 @@ left) so that the seams fall elsewhere. Printed per tile size:
   cells move with the tiles' content, not with how the seams are stitched;
 - against the truth: F1@0.5 and the DSB score of the unmoved run.
 
-    python benchmarks/tile_size.py DATA [--tiles 512,1024] [--names ID_PREFIX ...]
+    python benchmarks/tile_size.py DATA [--tiles 512,1024] [--names ID_PREFIX ...] [--conf-thresh T]
 """
 from __future__ import annotations
 
@@ -99,6 +99,7 @@ def main(argv: Sequence[str] = ()) -> int:
     parser.add_argument("--shift", type=int, default=256)
     parser.add_argument("--weights-det")
     parser.add_argument("--weights-seg")
+    parser.add_argument("--conf-thresh", type=float, help="detection score threshold (default: the Predictor's)")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(list(argv) or None)
     torch.set_num_threads(args.threads)
@@ -109,7 +110,8 @@ def main(argv: Sequence[str] = ()) -> int:
         parser.error(f"no image in {root / 'images'} starts with {', '.join(missing)}")
     images = [read_image(path) for path in paths]
     truths = [read_image(root / "masks" / path.name).astype(np.int32) for path in paths]
-    predictor = Predictor(args.weights_det, args.weights_seg)
+    overrides = {} if args.conf_thresh is None else {"conf_thresh": args.conf_thresh}
+    predictor = Predictor(args.weights_det, args.weights_seg, **overrides)
     print(f"{'tile':>5} {'s/Mpx':>7} {'cells':>6} {'mean IoU':>9} {'< 0.8':>7} {'near seams':>11} {'< 0.8 there':>12} "
           f"{'elsewhere':>10} {'F1@0.5':>7} {'DSB':>6}", flush=True)
     rows: List[Dict[str, float]] = []
