@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from ancis_fast import Predictor
+from ancis_fast.config import PredictorConfig
 from ancis_fast.data.sample import label_extents
 from ancis_fast.evaluate import dsb_scores, mask_iou, matching_stats
 from ancis_fast.io.readers import read_image
@@ -99,7 +100,8 @@ def main(argv: Sequence[str] = ()) -> int:
     parser.add_argument("--shift", type=int, default=256)
     parser.add_argument("--weights-det")
     parser.add_argument("--weights-seg")
-    parser.add_argument("--conf-thresh", type=float, help="detection score threshold (default: the Predictor's)")
+    parser.add_argument("--conf-thresh", type=float, default=PredictorConfig().conf_thresh,
+                        help="detection score threshold (default: %(default)s)")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(list(argv) or None)
     torch.set_num_threads(args.threads)
@@ -110,8 +112,7 @@ def main(argv: Sequence[str] = ()) -> int:
         parser.error(f"no image in {root / 'images'} starts with {', '.join(missing)}")
     images = [read_image(path) for path in paths]
     truths = [read_image(root / "masks" / path.name).astype(np.int32) for path in paths]
-    overrides = {} if args.conf_thresh is None else {"conf_thresh": args.conf_thresh}
-    predictor = Predictor(args.weights_det, args.weights_seg, **overrides)
+    predictor = Predictor(args.weights_det, args.weights_seg, conf_thresh=args.conf_thresh)
     print(f"{'tile':>5} {'s/Mpx':>7} {'cells':>6} {'mean IoU':>9} {'< 0.8':>7} {'near seams':>11} {'< 0.8 there':>12} "
           f"{'elsewhere':>10} {'F1@0.5':>7} {'DSB':>6}", flush=True)
     rows: List[Dict[str, float]] = []
